@@ -1,0 +1,67 @@
+"""The one evaluator: batched answering, grading, cost accounting, predictions.jsonl and summary.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .tasks import Example
+
+
+def evaluate(method, examples: list[Example], batch_size: int = 64, out: str | Path | None = None,
+             run: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Answer `examples` with `method` in batches, grade each with the method's task, and summarise.
+
+    The summary is the result row of DESIGN.md: task, split, n, method, model, seed, accuracy,
+    forward_passes and generated_tokens (means per example, as counted by the method),
+    seconds_per_example, examples_per_second, command (from `run`, where given).
+    With `out`, writes out/predictions.jsonl and out/summary.json.
+    """
+    if not examples:
+        raise ValueError("nothing to evaluate: the example list is empty")
+    method.model.eval()
+    rows = []
+    started = time.perf_counter()
+    batches = range(0, len(examples), batch_size)
+    for first in tqdm(batches, desc=f"eval {method.name}", disable=not progress, dynamic_ncols=True):
+        chunk = examples[first : first + batch_size]
+        for example, prediction in zip(chunk, method.answer(chunk)):
+            rows.append({
+                "question": example.question,
+                "gold": example.answer,
+                "text": prediction.text,
+                "answer": prediction.answer,
+                "correct": bool(method.task.grade(prediction.text, example)),
+                "forward_passes": prediction.forward_passes,
+                "generated_tokens": prediction.generated_tokens,
+                **({"thoughts": prediction.thoughts} if prediction.thoughts is not None else {}),
+            })
+    seconds = time.perf_counter() - started
+    n = len(rows)
+    run = run or {}
+    summary = {
+        "task": run.get("task", method.task.name),
+        "split": run.get("split"),
+        "n": n,
+        "method": run.get("method", method.name),
+        "model": run.get("model"),
+        "seed": run.get("seed"),
+        "accuracy": sum(row["correct"] for row in rows) / n,
+        "forward_passes": sum(row["forward_passes"] for row in rows) / n,
+        "generated_tokens": sum(row["generated_tokens"] for row in rows) / n,
+        "seconds_per_example": seconds / n,
+        "examples_per_second": n / seconds if seconds else float("inf"),
+        "command": run.get("command"),
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,174 @@
+"""What every method shares: its config fields, the Prediction it returns, text layout and batching."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import Config, choices
+from ..tasks import Example, Task
+from ..tasks.answers import extract_final
+
+ANSWER_MARKER = "####"  # the model writes its final answer after this marker (iCoT / GSM8K convention)
+
+
+@dataclass
+class MethodConfig(Config):
+    """Fields every method has. Subclasses add their own."""
+
+    max_length: int = 512  # prompt + target tokens kept for training
+    max_new_tokens: int = 128
+    decoding: str = choices("greedy", "self-consistency", default="greedy")
+    samples: int = 5  # self-consistency: answers sampled per question, majority vote
+    temperature: float = 0.7  # self-consistency sampling temperature
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+
+
+@dataclass
+class Prediction:
+    """One answered question and what it cost."""
+
+    text: str
+    answer: str | None  # the final answer parsed out of `text`
+    forward_passes: int
+    generated_tokens: int
+    thoughts: list[Any] | None = None
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def target_tokens(self) -> int:
+        return int((self.labels != -100).sum())
+
+
+def prompt_text(example: Example) -> str:
+    return f"{example.question}\n"
+
+
+def answer_text(example: Example) -> str:
+    return f"{ANSWER_MARKER} {example.answer}"
+
+
+def chain_text(example: Example) -> str:
+    """Gold reasoning then the answer: the CoT target."""
+    return "\n".join(example.steps + [answer_text(example)])
+
+
+def encode_pairs(tokenizer, prompts: list[str], targets: list[str], max_length: int) -> Batch:
+    """Right-padded prompt+target ids with labels only on the target (and the closing EOS).
+
+    A pair longer than max_length keeps its prompt's end and the target's start: the prompt is
+    cut from the left so that the question's last tokens (where the answer is asked) survive.
+    """
+    rows, label_rows = [], []
+    for prompt, target in zip(prompts, targets):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        room = max(max_length - len(target_ids), 1)
+        prompt_ids = prompt_ids[-room:]
+        ids = (prompt_ids + target_ids)[:max_length]
+        labels = ([-100] * len(prompt_ids) + target_ids)[:max_length]
+        rows.append(ids)
+        label_rows.append(labels)
+    width = max(len(ids) for ids in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in rows])
+    attention_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for lab in label_rows])
+    return Batch(input_ids, attention_mask, labels)
+
+
+def encode_prompts(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for batched generation."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    return {key: value.to(device) for key, value in encoded.items()}
+
+
+def generated_lengths(new_ids: torch.Tensor, eos_token_id: int, pad_token_id: int) -> list[int]:
+    """Tokens each row really generated: up to and including its first EOS (HF pads finished rows)."""
+    lengths = []
+    for row in new_ids.tolist():
+        length = len(row)
+        for position, token in enumerate(row):
+            if token == eos_token_id:
+                length = position + 1
+                break
+        else:
+            while length and row[length - 1] == pad_token_id and pad_token_id != eos_token_id:
+                length -= 1
+        lengths.append(length)
+    return lengths
+
+
+def majority_vote(texts: list[str]) -> int:
+    """Index of the sample whose parsed answer is the most common (ties: the earliest); CoT-SC's vote."""
+    answers = [normalise_answer(extract_final(text)) for text in texts]
+    counts = Counter(answer for answer in answers if answer)
+    if not counts:
+        return 0
+    best = max(counts.values())
+    return next(i for i, answer in enumerate(answers) if answer and counts[answer] == best)
+
+
+def normalise_answer(answer: str | None) -> str | None:
+    if answer is None:
+        return None
+    return " ".join(answer.replace(",", "").strip().rstrip(".").split()) or None
+
+
+class Method:
+    """A training objective plus an answering procedure over one backbone.
+
+    `loss(batch, step)` returns (loss tensor, metrics dict); RL methods roll out inside it.
+    `answer(examples)` returns one Prediction per example.
+    A method with a curriculum overrides `on_step(step)`; returning True asks the trainer to reset
+    the optimizer (COCONUT resets it per stage).
+    """
+
+    name = ""
+    Config = MethodConfig
+
+    def __init__(self, config: MethodConfig, model, tokenizer, task: Task):
+        self.config, self.model, self.tokenizer, self.task = config, model, tokenizer, task
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors beyond the backbone's weights that a checkpoint must keep (saved as safetensors)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"method {self.name!r} has no extra state, but the checkpoint holds {sorted(state)}")
+
+    def on_step(self, step: int) -> bool:
+        return False
+
+    def loss(self, examples: list[Example], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def answer(self, examples: list[Example]) -> list[Prediction]:
+        raise NotImplementedError
+
+    def parse(self, text: str) -> str | None:
+        return normalise_answer(extract_final(text))

@@ -1,0 +1,215 @@
+"""The one training loop, for every method.
+
+    for step in steps:
+        the method may change its curriculum (and ask for a fresh optimizer)
+        for each micro-batch: loss = method.loss(examples, step); backward(loss / accumulation)
+        average gradients across processes; clip; AdamW step; warmup + cosine schedule
+        log, evaluate every `eval_every`, checkpoint every `save_every`
+
+Data order is a function of (seed, step, process), and RNG states are checkpointed, so `resume`
+continues a killed run exactly. Devices and mixed precision come from accelerate.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from . import checkpoint
+from .config import Config, ConfigError, choices
+from .tasks import Example
+
+
+@dataclass
+class TrainConfig(Config):
+    steps: int = 500
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 20
+    max_grad_norm: float = 1.0
+    mixed_precision: str = choices("auto", "no", "bf16", "fp16", default="auto")
+    eval_every: int = 0  # 0: only after the last step
+    eval_size: int = 100  # held-out examples scored at each evaluation
+    eval_batch_size: int = 64
+    save_every: int = 100  # 0: only after the last step
+    seed: int = 0
+    log_with: str = choices("tensorboard", "wandb", "none", default="tensorboard")
+
+    def check(self) -> None:
+        for key in ("steps", "batch_size", "grad_accum", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError(f"lr={self.lr}: must be positive")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def bf16_supported() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(choice: str) -> str:
+    if choice == "auto":
+        return "bf16" if bf16_supported() else "no"
+    return choice
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, method, train: list[Example], config: TrainConfig, out: str | Path,
+                 run: dict[str, Any], evaluate=None, accelerator: Accelerator | None = None):
+        """`run` is written to each checkpoint's config.yaml; `evaluate(method, examples) -> dict` scores held-out data."""
+        if not train:
+            raise ValueError("no training examples")
+        self.method, self.train, self.config, self.out, self.run = method, train, config, Path(out), run
+        self.evaluate = evaluate
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=resolve_precision(config.mixed_precision),
+            log_with=None if config.log_with == "none" else config.log_with,
+            project_dir=str(self.out),
+        )
+        self.eval_examples: list[Example] = []
+        self.history: list[dict[str, float]] = []
+
+    # -- data ------------------------------------------------------------------------------------
+    def examples_for(self, step: int, micro: int) -> list[Example]:
+        """The micro-batch of this process at (step, micro): a seeded permutation per epoch."""
+        size, world = self.config.batch_size, self.accelerator.num_processes
+        first = ((step * self.config.grad_accum + micro) * world + self.accelerator.process_index) * size
+        batch = []
+        for index in range(first, first + size):
+            epoch, offset = divmod(index, len(self.train))
+            batch.append(self.train[self._order(epoch)[offset]])
+        return batch
+
+    def _order(self, epoch: int) -> list[int]:
+        if getattr(self, "_order_epoch", None) != epoch:
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+            self._order_cache = torch.randperm(len(self.train), generator=generator).tolist()
+            self._order_epoch = epoch
+        return self._order_cache
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self, eval_examples: list[Example] | None = None, resume: bool = False) -> list[dict[str, float]]:
+        config, accelerator, method = self.config, self.accelerator, self.method
+        self.eval_examples = eval_examples or []
+        method.model.to(accelerator.device)
+        set_seed(config.seed)
+        optimizer = self._optimizer()
+        scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+        start = 0
+        if resume:
+            start = self._resume(optimizer, scheduler)
+        if accelerator.is_main_process and config.log_with != "none":
+            accelerator.init_trackers("train", config={k: v for k, v in self.run.items() if not isinstance(v, dict)})
+
+        progress = tqdm(range(start, config.steps), initial=start, total=config.steps,
+                        disable=not accelerator.is_main_process, desc=f"train {method.name}", dynamic_ncols=True)
+        tokens_seen, started = 0.0, time.perf_counter()
+        for step in progress:
+            if method.on_step(step):
+                optimizer.state.clear()  # a new curriculum stage starts from fresh AdamW moments (as COCONUT does)
+            method.model.train()
+            total, metrics = 0.0, {}
+            for micro in range(config.grad_accum):
+                with accelerator.autocast():
+                    loss, metrics = method.loss(self.examples_for(step, micro), step)
+                if not torch.isfinite(loss):
+                    self._diverged(step, loss)
+                accelerator.backward(loss / config.grad_accum)
+                total += float(loss.detach()) / config.grad_accum
+                tokens_seen += metrics.get("tokens", 0.0)
+            self._average_gradients()
+            if config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(method.trainable_parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            record = {"step": step + 1, "loss": total, "lr": scheduler.get_last_lr()[0]}
+            record.update({k: float(v) for k, v in metrics.items() if k != "tokens"})
+            elapsed = time.perf_counter() - started
+            progress.set_postfix(loss=f"{total:.4f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
+            done = step + 1 == config.steps
+            if (config.eval_every and (step + 1) % config.eval_every == 0) or done:
+                record.update(self._evaluate())
+            accelerator.log(record, step=step + 1)
+            self.history.append(record)
+            if (config.save_every and (step + 1) % config.save_every == 0) or done:
+                self.save(step + 1, optimizer, scheduler)
+        progress.close()
+        accelerator.end_training()
+        return self.history
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.method.trainable_parameters(), lr=self.config.lr,
+                                 weight_decay=self.config.weight_decay)
+
+    def _average_gradients(self) -> None:
+        """Mean gradients over processes. Done by hand rather than by wrapping the model in DDP because
+        methods run several forward passes per step (thought loops, rollouts) that DDP's hooks do not expect."""
+        if self.accelerator.num_processes == 1:
+            return
+        for parameter in self.method.trainable_parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            torch.distributed.all_reduce(parameter.grad, op=torch.distributed.ReduceOp.SUM)
+            parameter.grad /= self.accelerator.num_processes
+
+    def _evaluate(self) -> dict[str, float]:
+        examples = self.eval_examples[: self.config.eval_size]
+        if not (self.evaluate and examples):
+            return {}
+        self.method.model.eval()
+        summary = self.evaluate(self.method, examples, batch_size=self.config.eval_batch_size)
+        return {"eval_accuracy": summary["accuracy"], "eval_forward_passes": summary["forward_passes"]}
+
+    def _diverged(self, step: int, loss: torch.Tensor):
+        saved = checkpoint.find(self.out / "checkpoint")
+        where = f"the last good checkpoint is {saved}" if saved else "no checkpoint had been written yet"
+        raise TrainingDiverged(f"loss became {float(loss)} at step {step + 1}; stopped ({where})")
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, step: int, optimizer, scheduler) -> None:
+        if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return
+        state = {"step": step, "scheduler": scheduler.state_dict(), "python_rng": checkpoint.python_rng_state(),
+                 "history": self.history}
+        checkpoint.write(self.out / "checkpoint", self.method, self.run, state, optimizer)
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self, optimizer, scheduler) -> int:
+        folder = checkpoint.find(self.out / "checkpoint")
+        if folder is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.out}")
+        state = checkpoint.read_trainer_state(folder, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        self.history = state.get("history", [])
+        self.method.on_step(state["step"])  # put a curriculum back at the stage it had reached
+        return state["step"]

@@ -1,0 +1,132 @@
+"""The trainer, checkpoints, the evaluator and the run builder, on tiny models trained for a few steps."""
+
+import json
+
+import pytest
+import torch
+
+from latent_reasoning import checkpoint, tasks
+from latent_reasoning.config import ConfigError
+from latent_reasoning.evaluate import evaluate
+from latent_reasoning.run import build_method, load_method, make_run, texts_of
+from latent_reasoning.trainer import Trainer, TrainingDiverged
+
+
+def tiny_run(**overrides):
+    values = {"method": "cot", "task": "multiplication", "task_options": {"digits": 2}, "model": "tiny-5m",
+              "steps": 8, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "save_every": 4, "eval_size": 0,
+              "log_with": "none", "mixed_precision": "no", "max_new_tokens": 40}
+    values.update(overrides)
+    return make_run(values)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return tasks.get("multiplication", digits=2).generate(200, seed=0)
+
+
+def weights(method):
+    return {name: tensor.detach().clone() for name, tensor in method.model.state_dict().items()}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, examples):
+    run = tiny_run()
+    whole = build_method(run, texts_of(examples))
+    Trainer(whole, examples, run.train, tmp_path / "whole", {"method": "cot"}).fit()
+
+    interrupted = build_method(run, texts_of(examples))
+    real_loss = interrupted.loss
+
+    def dies_at_step_six(batch, step):
+        if step == 5:  # mid-run, after the step-4 checkpoint: as if the process were killed
+            raise Killed
+        return real_loss(batch, step)
+
+    interrupted.loss = dies_at_step_six
+    with pytest.raises(Killed):
+        Trainer(interrupted, examples, run.train, tmp_path / "killed", run.describe("test")).fit()
+    saved = checkpoint.find(tmp_path / "killed" / "checkpoint")
+    assert json.loads((saved / "trainer_state.json").read_text())["step"] == 4
+
+    resumed = build_method(run, weights=saved)
+    Trainer(resumed, examples, run.train, tmp_path / "killed", run.describe("test")).fit(resume=True)
+    expected, got = weights(whole), weights(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    # and the run did move: the weights differ from a fresh model's
+    fresh = weights(build_method(run, texts_of(examples)))
+    assert any(not torch.equal(fresh[name], got[name]) for name in fresh)
+
+
+def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, examples):
+    run = tiny_run(save_every=2)
+    method = build_method(run, texts_of(examples))
+    real_loss = method.loss
+
+    def nan_at_step_four(batch, step):
+        loss, metrics = real_loss(batch, step)
+        return (loss * float("nan") if step == 3 else loss), metrics
+
+    method.loss = nan_at_step_four
+    with pytest.raises(TrainingDiverged, match="step 4"):
+        Trainer(method, examples, run.train, tmp_path, run.describe("test")).fit()
+    saved = checkpoint.find(tmp_path / "checkpoint")
+    assert json.loads((saved / "trainer_state.json").read_text())["step"] == 2
+    reloaded = load_method(saved)
+    assert all(torch.isfinite(p).all() for p in reloaded.model.parameters())
+
+
+def test_checkpoint_round_trip_answers_the_same(tmp_path, examples):
+    run = tiny_run(steps=4)
+    method = build_method(run, texts_of(examples))
+    Trainer(method, examples, run.train, tmp_path, run.describe("test")).fit()
+    reloaded = load_method(tmp_path / "checkpoint")
+    assert [p.text for p in reloaded.answer(examples[:4])] == [p.text for p in method.answer(examples[:4])]
+    assert not (tmp_path / "checkpoint.tmp").exists() and not (tmp_path / "checkpoint.old").exists()
+
+
+def test_evaluator_writes_predictions_and_a_result_row(tmp_path, examples):
+    method = build_method(tiny_run(), texts_of(examples))
+    summary = evaluate(method, examples[:10], batch_size=4, out=tmp_path, run={"command": "test", "model": "tiny-5m"})
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 10 and summary["n"] == 10
+    assert summary["accuracy"] == sum(r["correct"] for r in rows) / 10
+    for key in ("task", "split", "n", "method", "model", "seed", "accuracy", "forward_passes", "generated_tokens",
+                "seconds_per_example", "command"):
+        assert key in summary
+    # an untrained model rambles to the token limit: each generated token costs one forward pass
+    assert all(1 <= r["forward_passes"] == r["generated_tokens"] <= 40 for r in rows)
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_self_consistency_costs_k_samples(examples):
+    method = build_method(tiny_run(decoding="self-consistency", samples=3), texts_of(examples))
+    greedy = build_method(tiny_run(), texts_of(examples))
+    torch.manual_seed(0)
+    sampled = method.answer(examples[:4])
+    single = greedy.answer(examples[:4])
+    assert sum(p.forward_passes for p in sampled) > sum(p.forward_passes for p in single)
+
+
+@pytest.mark.parametrize("values, named", [
+    ({"method": "cott"}, "cott"),
+    ({"task": "gsm9k"}, "gsm9k"),
+    ({"learning_rate": 1}, "learning_rate"),
+    ({"decoding": "beam"}, "decoding"),
+    ({"steps": "many"}, "steps"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"lora": True}, "lora"),
+])
+def test_config_errors_name_the_key_and_the_choices(values, named):
+    base = {"method": "cot", "task": "multiplication", "model": "tiny-5m"}
+    with pytest.raises(ConfigError, match=named) as error:
+        make_run({**base, **values})
+    if "method" in values:
+        assert "no-cot" in str(error.value)
+    if "decoding" in values:
+        assert "self-consistency" in str(error.value)
