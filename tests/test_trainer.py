@@ -121,6 +121,7 @@ def test_self_consistency_costs_k_samples(examples):
     ({"steps": "many"}, "steps"),
     ({"batch_size": 0}, "batch_size"),
     ({"lora": True}, "lora"),
+    ({"model": "no-such-model-anywhere"}, "no-such-model-anywhere"),
 ])
 def test_config_errors_name_the_key_and_the_choices(values, named):
     base = {"method": "cot", "task": "multiplication", "model": "tiny-5m"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo}[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError) as error:
+        if os.environ.get("LATENT_DEBUG"):
+            raise
         print(f"latent {args.command}: error: {error}", file=sys.stderr)
         return 2
 

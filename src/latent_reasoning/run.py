@@ -101,6 +101,7 @@ def make_run(values: dict[str, Any]) -> Run:
             valid = sorted(set(RUN_KEYS).union(*(cls.keys() for cls in groups.values())))
             raise ConfigError(f"unknown key {key!r} for method {values['method']!r}; valid keys: {valid}")
         split[owner[0]][key] = value
+    check_model(values["model"])
     if values.get("lora") in (True, "true", "True") and values["model"] in backbones.PRESETS:
         raise ConfigError(f"lora=true needs a pretrained backbone; {values['model']!r} is a random tiny preset")
     task_options = dict(values.get("task_options") or {})
@@ -110,6 +111,20 @@ def make_run(values: dict[str, Any]) -> Run:
         raise ConfigError(f"task_options {task_options} for task {values['task']!r}: {error}") from None
     return Run(values["method"], values["task"], values["model"], task_options,
                DataConfig(**split["data"]), TrainConfig(**split["train"]), method_class.Config(**split["method"]))
+
+
+def check_model(name: str) -> None:
+    """Fail fast on a model that is neither a preset, SmolLM2, a folder, nor a hub id whose config resolves."""
+    if name in backbones.PRESETS or name == backbones.SMOLLM2 or Path(name).is_dir():
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model {name!r} is not a preset {list(backbones.PRESETS)}, not "
+                          f"{backbones.SMOLLM2!r}, not a folder, and not loadable from the hub "
+                          f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
 
 
 def load_examples(task: tasks.Task, data: str | None, split: str, size: int, seed: int) -> list[tasks.Example]:

@@ -89,6 +89,8 @@ class Trainer:
         self.method, self.train, self.config, self.out, self.run = method, train, config, Path(out), run
         self.evaluate = evaluate
         self.accelerator = accelerator or Accelerator(
+            # without cpu=True, accelerate on a GPU-less machine ignores a multi-process launch (no gloo DDP)
+            cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
             mixed_precision=resolve_precision(config.mixed_precision),
             log_with=None if config.log_with == "none" else config.log_with,
             project_dir=str(self.out),
@@ -157,7 +159,11 @@ class Trainer:
             progress.set_postfix(loss=f"{total:.4f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
             done = step + 1 == config.steps
             if (config.eval_every and (step + 1) % config.eval_every == 0) or done:
-                record.update(self._evaluate())
+                scores = self._evaluate()
+                if scores and accelerator.is_main_process:
+                    progress.write(f"step {step + 1}: loss {total:.4f}, held-out accuracy {scores['eval_accuracy']:.3f}, "
+                                   f"{scores['eval_forward_passes']:.1f} forward passes per answer")
+                record.update(scores)
             accelerator.log(record, step=step + 1)
             self.history.append(record)
             if (config.save_every and (step + 1) % config.save_every == 0) or done:
