@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="score only the first N examples (default: all)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="examples answered together (default: 64)")
     evaluate.add_argument("--seed", type=int, default=1, help="seed for sampling and generated data (default: 1)")
+    evaluate.add_argument("--sweep", help="key=v1,v2,...: evaluate once per value, e.g. eval_thoughts=0,2,4,6 for "
+                                          "accuracy against the number of thoughts (default: none)")
     evaluate.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="method answering options")
 
@@ -110,41 +112,52 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from . import tasks
-    from .evaluate import evaluate
-    from .run import load_method, load_examples, parse_overrides, run_of
-
-    run = run_of_checkpoint(args.checkpoint, run_of)
-    overrides = parse_overrides(args.overrides)
-    unknown = sorted(set(overrides) - set(type(run.method_config).keys()))
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} for method {run.method!r}; "
-                          f"valid keys: {type(run.method_config).keys()}")
-    task = tasks.get(args.task or run.task, **(run.task_options if not args.task or args.task == run.task else {}))
-    examples = load_examples(task, args.data, args.split, args.limit or 1000, args.seed)
-    if args.limit:
-        examples = examples[: args.limit]
-    method = load_method(args.checkpoint)
-    method.config = type(method.config)(**{**method.config.to_dict(), **overrides})
-    method.task = task
     import torch
 
-    torch.manual_seed(args.seed)
-    described = {"task": task.name, "split": args.split if args.data else f"generated(seed={args.seed})",
-                 "method": run.method, "model": run.model, "seed": run.train.seed,
-                 "command": shlex.join(["latent", *sys.argv[1:]])}
-    summary = evaluate(method, examples, batch_size=args.batch_size, out=args.out, run=described, progress=True)
-    print(json.dumps(summary, indent=1))
-    return 0
+    from . import checkpoint, tasks
+    from .evaluate import evaluate
+    from .run import load_examples, load_method, parse_overrides, run_of
 
-
-def run_of_checkpoint(folder, run_of):
-    from . import checkpoint
-
-    found = checkpoint.find(Path(folder))
+    found = checkpoint.find(Path(args.checkpoint))
     if found is None:
-        raise FileNotFoundError(f"{folder}: no checkpoint here (no config.yaml)")
-    return run_of(found)
+        raise FileNotFoundError(f"{args.checkpoint}: no checkpoint here (no config.yaml)")
+    run = run_of(found)
+    valid = type(run.method_config).keys()
+    overrides = parse_overrides(args.overrides)
+    sweep_key, sweep_values = None, [None]
+    if args.sweep:
+        sweep_key, _, listed = args.sweep.partition("=")
+        sweep_values = [value for value in listed.split(",") if value]
+        if not sweep_values:
+            raise ConfigError(f"--sweep {args.sweep!r}: expected key=value1,value2,...")
+    for key in list(overrides) + ([sweep_key] if sweep_key else []):
+        if key not in valid:
+            raise ConfigError(f"unknown key {key!r} for method {run.method!r}; valid keys: {valid}")
+    same_task = not args.task or args.task == run.task
+    task = tasks.get(args.task or run.task, **(run.task_options if same_task else {}))
+    examples = load_examples(task, args.data, args.split, args.limit or 1000, args.seed)[: args.limit]
+    method = load_method(found)
+    method.task = task
+    trained = method.config.to_dict()
+    summaries = []
+    for value in sweep_values:
+        answering = {**overrides, **({sweep_key: value} if sweep_key else {})}
+        method.config = type(method.config)(**{**trained, **answering})
+        torch.manual_seed(args.seed)
+        described = {"task": task.name, "split": args.split if args.data else f"generated(seed={args.seed})",
+                     "method": run.method, "model": run.model, "seed": run.train.seed,
+                     "command": shlex.join(["latent", *sys.argv[1:]])}
+        out = Path(args.out) / f"{sweep_key}={value}" if sweep_key else Path(args.out)
+        summary = evaluate(method, examples, batch_size=args.batch_size, out=out, run=described, progress=True)
+        summary.update(answering)
+        summaries.append(summary)
+        print(json.dumps(summary, indent=1))
+    if sweep_key:
+        from . import report
+
+        rows = [{**row, "method": f"{run.method} {sweep_key}={row[sweep_key]}"} for row in summaries]
+        print(report.write(rows, args.out, f"{run.method} on {task.name}: accuracy against {sweep_key}"))
+    return 0
 
 
 def cmd_data(args) -> int:

@@ -1,0 +1,58 @@
+"""The `latent` command, called in-process."""
+
+import json
+
+import pytest
+
+from latent_reasoning import tasks
+from latent_reasoning.cli import main
+
+
+def test_data_generate_writes_what_the_loader_reads(tmp_path, capsys):
+    out = tmp_path / "prosqa_train.json"
+    assert main(["data", "generate", "prosqa", "--n", "30", "--seed", "3", "--out", str(out)]) == 0
+    loaded = tasks.get("prosqa").load(path=out)
+    assert [e.question for e in loaded] == [e.question for e in tasks.get("prosqa").generate(30, seed=3)]
+    assert main(["data", "check", "prosqa", str(out)]) == 0
+    assert "30 prosqa examples" in capsys.readouterr().out
+
+
+def test_train_then_eval_with_a_sweep(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--method", "cot", "--task", "multiplication", "--model", "tiny-5m", "--out", str(run),
+                 "task.digits=2", "steps=3", "batch_size=4", "train_size=50", "eval_size=4", "log_with=none",
+                 "max_new_tokens=8"]) == 0
+    assert (run / "checkpoint" / "config.yaml").exists()
+    data = tmp_path / "held_out.txt"
+    task = tasks.get("multiplication", digits=2)
+    task.save(task.generate(6, seed=9), data)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "checkpoint"), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--sweep", "max_new_tokens=2,6"]) == 0
+    short = json.loads((tmp_path / "ev" / "max_new_tokens=2" / "summary.json").read_text())
+    long = json.loads((tmp_path / "ev" / "max_new_tokens=6" / "summary.json").read_text())
+    assert short["n"] == long["n"] == 6
+    assert short["generated_tokens"] <= 2 < long["generated_tokens"] <= 6
+    assert (tmp_path / "ev" / "results.png").exists()
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (["--method", "cott"], "cott"),
+    (["--task", "gsm9k"], "gsm9k"),
+    (["learning_rate=1"], "learning_rate"),
+    (["decoding=beam"], "self-consistency"),
+])
+def test_bad_input_exits_2_naming_the_problem_before_any_work(tmp_path, capsys, arguments, named):
+    base = {"--method": "cot", "--task": "multiplication", "--model": "tiny-5m"}
+    flags = [a for key, value in base.items() if key not in arguments for a in (key, value)]
+    assert main(["train", *flags, "--out", str(tmp_path / "run"), *arguments]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_help_lists_every_key_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for key in ("steps=500", "lr=0.001", "decoding='greedy'", "train_size=10000", "save_every=100"):
+        assert key in text
