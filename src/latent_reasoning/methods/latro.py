@@ -1,0 +1,544 @@
+"""LaTRO: self-rewarding latent reasoning optimisation (Chen et al. 2024, "Language Models are Hidden
+Reasoners", arXiv 2411.04282).
+
+The rationale z is a latent variable between question x and answer y: with rationales drawn from
+the model before training (pi_ref, the prior), the answer likelihood is
+p(y | x) = sum_z pi_ref(z|x) pi_theta(y | x+z). For any proposal q(z|x), Jensen's inequality gives
+
+    log p(y | x) = log E_{z ~ q} [ pi_theta(y | x+z) pi_ref(z|x) / q(z|x) ]
+                >= E_{z ~ q} [ log pi_theta(y | x+z) ]  -  KL( q(z|x) || pi_ref(z|x) ),
+
+and LaTRO takes the model itself as the proposal, q = pi_theta (it is its own reasoner), and
+weights the KL by beta:
+
+    J(theta) = E_{z ~ pi_theta(.|x)} [ log pi_theta(y | x+z) ]  -  beta KL( pi_theta(z|x) || pi_ref(z|x) ).
+
+LaTRO climbs J. Its gradient has two terms (the score of the KL's own log pi_theta has mean zero),
+
+    grad J = E_z [ grad log pi_theta(z|x) * ( log pi_theta(y|x+z) - beta * log(pi_theta(z|x) / pi_ref(z|x)) ) ]   (1)
+           + E_z [ grad log pi_theta(y|x+z) ]                                                                  (2)
+
+(1) is a REINFORCE term: the model samples its own rationales and rewards each by how likely it
+makes the gold answer (no reward model). (2) is supervised learning of the answer given the
+model's own rationale. Per question, K rationales z_1..z_K ~ pi_theta(.|x) (temperature 1) give
+
+    R_k = log pi_theta(y | x+z_k)                       summed over the answer tokens (`reward_norm`: or their mean)
+    r_k = R_k - beta * [log pi_theta(z_k|x) - log pi_ref(z_k|x)]          (held constant: no gradient)
+    A_k = r_k - 1/(K-1) sum_{j != k} r_j                                   leave-one-out baseline (RLOO)
+    L   = -(1/K) sum_k A_k log pi_theta(z_k|x)  -  lambda (1/K) sum_k log pi_theta(y | x+z_k)
+
+averaged over the questions of the batch; lambda is `answer_weight`. lambda = 1 is the paper's
+objective (term 2); lambda = 0 is what the authors' released trainer runs by default
+(`sft_penalty=0`, with K=16, kl_coef=0.05, temperature 1, penalty_reward_value=2). Without term (2)
+the update ignores how moving the shared weights moves the reward itself: on a randomly initialised
+tiny model lambda = 0 makes the mean reward fall (raising the sampled rationale tokens' probability
+takes mass from the answer tokens) where lambda = 1 makes it rise.
+
+A rationale is sampled until the text it decodes to contains `stop` (default "####", this
+project's answer marker); z is the tokens before the token where `stop` begins (that token and
+anything after it are dropped), and y is `answer_format` ("{stop} {answer}", i.e. "#### 1 2 3",
+plus EOS), tokenised on its own and appended to z's ids, so the reward covers exactly the answer
+tokens. A rationale that ends with EOS first ends there (and counts as finished when
+`stop_on_eos`, as the released trainer's stop set includes EOS). One that reaches
+`rationale_tokens` without stopping keeps all its tokens but its reward R_k is replaced by
+`unfinished_penalty` times the mean R over the whole rollout batch (the released trainer:
+`penalty_reward_value * rewards.mean()` with value 2; rewards are log-likelihoods, below zero, so
+twice the mean is worse than average). Term (2) still covers every sample, as in that trainer.
+
+The reference pi_ref costs no second copy under LoRA: it is the same weights with the adapter
+disabled (`with model.disable_adapter():`). Without LoRA it is a frozen deep copy of the model as
+it was at the first training step: one more full set of weights in memory (SmolLM2-135M: 538 MB in
+fp32), also written to each checkpoint's extras so that a resumed run keeps the same reference.
+beta = 0 skips the reference entirely.
+
+One step (`loss`) is: prefill the B prompts once, repeat their KV cache K times and sample all B*K
+rationales in one batch (rows that stop leave the batch); then one teacher-forced pass with
+gradients over [x, z_k, y] gives log pi(z_k|x) and log pi(y|x+z_k) for all samples at once, and
+one pass without gradients gives log pi_ref(z_k|x). The rollout pieces are module functions
+(`sample`, `pack`, `token_logprobs`, `latro_objective`) so that tests can call them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from ..config import ConfigError, choices
+from ..tasks import Example
+from .base import ANSWER_MARKER, Method, MethodConfig, Prediction, encode_prompts, normalise_answer, prompt_text
+
+
+@dataclass
+class LaTROConfig(MethodConfig):
+    rollouts: int = 16  # K: rationales sampled per question (paper: 16)
+    rationale_tokens: int = 500  # longest rationale sampled (paper: 500)
+    rollout_temperature: float = 1.0  # sampling temperature of the rationales (paper: 1)
+    beta: float = 0.05  # KL weight (paper: 0.05); 0 skips the reference model
+    answer_weight: float = 1.0  # lambda: weight of the answer log-likelihood term (2); 0 = released script
+    reward_norm: str = choices("sum", "mean", default="sum")  # log pi(y|x+z) summed over answer tokens, or their mean
+    stop: str = ANSWER_MARKER  # the string that ends a rationale and introduces the answer
+    answer_format: str = "{stop} {answer}"  # the answer text y scored after a rationale
+    stop_on_eos: bool = True  # an EOS before `stop` ends the rationale and counts as finished
+    unfinished_penalty: float | None = 2.0  # R of a rationale that never stops := this x batch-mean R; none: keep R
+
+    def check(self) -> None:
+        if self.rollouts < 2:
+            raise ConfigError(f"rollouts={self.rollouts}: the leave-one-out baseline needs at least 2")
+        for key in ("rationale_tokens", "max_new_tokens", "samples", "max_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
+        if not self.rollout_temperature > 0:
+            raise ConfigError(f"rollout_temperature={self.rollout_temperature}: must be positive")
+        for key in ("beta", "answer_weight"):
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                raise ConfigError(f"{key}={getattr(self, key)}: must be a finite number >= 0")
+        if self.unfinished_penalty is not None and not (
+            self.unfinished_penalty >= 0 and math.isfinite(self.unfinished_penalty)
+        ):
+            raise ConfigError(f"unfinished_penalty={self.unfinished_penalty}: must be >= 0, or none")
+        if not self.stop:
+            raise ConfigError("stop='': a rationale needs a stop string that introduces the answer")
+        try:
+            filled = self.answer_format.format(stop=self.stop, answer="42")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ConfigError(
+                f"answer_format={self.answer_format!r}: only the fields {{stop}} and {{answer}} may appear ({error})"
+            ) from None
+        if "42" not in filled:
+            raise ConfigError(f"answer_format={self.answer_format!r}: must contain {{answer}}")
+
+
+# ---- rollouts: K samples per prompt on one shared prefill -------------------------------------------
+
+
+@dataclass
+class Samples:
+    """B*K sampled continuations, rows grouped by prompt (rows b*K .. b*K+K-1 belong to prompt b).
+
+    ids:        [N, T] sampled tokens, `pad` after each row's end (T = the longest row)
+    lengths:    [N] tokens sampled per row (including the EOS or the token that completed `stop`)
+    kept:       [N] tokens before the one where `stop` begins, or before EOS; = lengths if neither came
+    finished:   [N] bool, reached `stop` (or EOS, with stop_on_eos)
+    logprobs:   [N, T] log pi(token | prefix) of each sampled token at temperature 1 (0 after the end)
+    forward_passes: model calls made (one prefill + one per decoding step), for the whole batch
+    """
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    kept: torch.Tensor
+    finished: torch.Tensor
+    logprobs: torch.Tensor
+    forward_passes: int
+
+    @property
+    def sampled_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+def _eos_ids(tokenizer, model) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def _stop_start(tokenizer, window: list[int], stop: str) -> int:
+    """Index in `window` of the token where `stop` begins, for a window whose text contains `stop`:
+    the last token from which the decoded text still holds it."""
+    for first in range(len(window) - 1, -1, -1):
+        if stop in tokenizer.decode(window[first:], skip_special_tokens=True):
+            return first
+    return 0
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    k: int,
+    max_tokens: int,
+    temperature: float = 1.0,
+    stop: str | None = None,
+    stop_on_eos: bool = True,
+    generator: torch.Generator | None = None,
+    share_prompt: bool = True,
+) -> Samples:
+    """Sample k continuations of each LEFT-padded prompt [B, L], batched over all B*k rows.
+
+    The prompts are prefilled once and their KV cache repeated k times (`share_prompt=False`
+    prefills every copy instead: the reference the shared cache must match). Each step feeds the
+    last token of every unfinished row; a row ends at EOS, at the token that completes `stop` in
+    its decoded text, or after `max_tokens`, and leaves the batch (its cache rows are dropped).
+    Temperature 0 decodes greedily; otherwise tokens are drawn from softmax(logits / temperature)
+    with `generator` (default: the global RNG). No gradients.
+    """
+    device = prompt_ids.device
+    n = prompt_ids.shape[0] * k
+    eos = torch.tensor(_eos_ids(tokenizer, model), device=device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
+    mask = prompt_mask.long()
+    cache = DynamicCache(config=model.config)
+    ids = prompt_ids if share_prompt else prompt_ids.repeat_interleave(k, 0)
+    first_mask = mask if share_prompt else mask.repeat_interleave(k, 0)
+    positions = (first_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=first_mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    if share_prompt:
+        cache.batch_repeat_interleave(k)
+        logits = logits.repeat_interleave(k, 0)
+    mask = mask.repeat_interleave(k, 0)
+    prompt_length = mask.sum(-1)
+    passes = 1
+
+    tokens = torch.full((n, max_tokens), pad, dtype=torch.long, device=device)
+    logprobs = torch.zeros(n, max_tokens, device=device)
+    lengths = torch.full((n,), max_tokens, dtype=torch.long, device=device)
+    kept = torch.full((n,), max_tokens, dtype=torch.long, device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    alive = torch.arange(n, device=device)  # rows still sampling, in cache order
+    window = len(stop) + 2 if stop else 0
+    steps = 0
+    for t in range(max_tokens):
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if temperature > 0:
+            picked = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            picked = logits.argmax(-1)
+        tokens[alive, t] = picked
+        logprobs[alive, t] = log_probs.gather(1, picked.unsqueeze(1)).squeeze(1)
+        steps = t + 1
+
+        ended = torch.isin(picked, eos)
+        done = ended.clone()
+        kept[alive[ended]] = t
+        finished[alive[ended]] = stop_on_eos or not stop
+        if stop:
+            # A stop string of s characters spans at most s tokens ending at the newest one (every
+            # token decodes to at least one character), so only a short window is decoded.
+            start = max(0, t + 1 - window)
+            windows = tokens[alive, start : t + 1].tolist()
+            texts = tokenizer.batch_decode(windows, skip_special_tokens=True)
+            for i, (text, eos_here) in enumerate(zip(texts, ended.tolist())):
+                if not eos_here and stop in text:
+                    row = alive[i]
+                    done[i], finished[row] = True, True
+                    kept[row] = start + _stop_start(tokenizer, windows[i], stop)
+        lengths[alive[done]] = t + 1
+        if t + 1 == max_tokens or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            alive, picked, mask = alive[keep], picked[keep], mask[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        position = (prompt_length[alive] + t).unsqueeze(1)
+        logits = model(input_ids=picked.unsqueeze(1), attention_mask=mask, position_ids=position,
+                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+        passes += 1
+    return Samples(tokens[:, :steps], lengths, kept, finished, logprobs[:, :steps], passes)
+
+
+# ---- teacher forcing: [x, z, y] in one batch --------------------------------------------------------
+
+
+@dataclass
+class Packed:
+    """Rows [prompt (left-padded, width L) | z_k | y | right padding]: y follows each row's z directly.
+
+    input_ids, attention_mask: [N, L + T];  rationale_mask, answer_mask: [N, T] over the tail columns.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_width: int
+    rationale_mask: torch.Tensor
+    answer_mask: torch.Tensor
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width :]
+
+    @property
+    def rationale_width(self) -> int:
+        """Tail columns that hold rationale tokens in some row (what the reference must score)."""
+        used = self.rationale_mask.any(0).nonzero()
+        return int(used.max()) + 1 if used.numel() else 0
+
+
+def pack(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    samples: Samples,
+    answers: list[list[int]],
+    k: int,
+    pad_token_id: int,
+) -> Packed:
+    """One row per sample: its prompt, the kept rationale tokens z, then its prompt's answer ids y."""
+    device = prompt_ids.device
+    n = samples.ids.shape[0]
+    z_len = samples.kept
+    z_width = int(z_len.max()) if n else 0
+    y_width = max(map(len, answers))
+    y = torch.full((len(answers), y_width), pad_token_id, dtype=torch.long, device=device)
+    y_len = torch.tensor([len(a) for a in answers], device=device)
+    for b, ids in enumerate(answers):
+        y[b, : len(ids)] = torch.tensor(ids, device=device)
+    y, y_len = y.repeat_interleave(k, 0), y_len.repeat_interleave(k, 0)
+
+    columns = torch.arange(z_width + y_width, device=device)
+    rationale_mask = columns.unsqueeze(0) < z_len.unsqueeze(1)
+    tail = torch.full((n, z_width + y_width), pad_token_id, dtype=torch.long, device=device)
+    tail[:, :z_width] = torch.where(rationale_mask[:, :z_width], samples.ids[:, :z_width], pad_token_id)
+    y_columns = z_len.unsqueeze(1) + torch.arange(y_width, device=device)  # y starts right after each z
+    y_valid = torch.arange(y_width, device=device).unsqueeze(0) < y_len.unsqueeze(1)
+    tail.scatter_(1, y_columns, torch.where(y_valid, y, pad_token_id))
+    answer_mask = torch.zeros_like(rationale_mask).scatter_(1, y_columns, y_valid)
+    tail_mask = (rationale_mask | answer_mask).long()
+    return Packed(
+        input_ids=torch.cat([prompt_ids.repeat_interleave(k, 0), tail], dim=1),
+        attention_mask=torch.cat([prompt_mask.long().repeat_interleave(k, 0), tail_mask], dim=1),
+        prompt_width=prompt_ids.shape[1],
+        rationale_mask=rationale_mask,
+        answer_mask=answer_mask,
+    )
+
+
+def token_logprobs(model, packed: Packed, width: int | None = None) -> torch.Tensor:
+    """log pi(tail token t | everything before it) for the first `width` tail columns (default all), [N, width].
+
+    One forward pass; only the logits that predict tail tokens are computed. Differentiable (call
+    under torch.no_grad() for rewards or the reference)."""
+    width = packed.targets.shape[1] if width is None else width
+    end = packed.prompt_width + width
+    mask = packed.attention_mask[:, :end]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=packed.input_ids[:, :end], attention_mask=mask, position_ids=positions,
+                   use_cache=False, logits_to_keep=width + 1).logits[:, :-1]
+    targets = packed.targets[:, :width]
+    return torch.log_softmax(logits.float(), dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)
+
+
+# ---- the objective ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Objective:
+    loss: torch.Tensor
+    policy_loss: torch.Tensor  # -(1/BK) sum A_k log pi(z_k|x)
+    answer_loss: torch.Tensor  # -(1/BK) sum log pi(y|x+z_k); loss = policy_loss + lambda * answer_loss
+    rewards: torch.Tensor  # [B, K] r_k (after the unfinished penalty and the KL term)
+    advantages: torch.Tensor  # [B, K]
+    kl: torch.Tensor  # [B, K] log pi(z|x) - log pi_ref(z|x) (zeros without a reference)
+
+
+def latro_objective(
+    answer_logp: torch.Tensor,
+    rationale_logp: torch.Tensor,
+    reference_logp: torch.Tensor | None,
+    finished: torch.Tensor,
+    beta: float,
+    answer_weight: float,
+    unfinished_penalty: float | None = 2.0,
+) -> Objective:
+    """The LaTRO loss from per-sample sequence log-probabilities, all [B, K] (see the module docstring).
+
+    `answer_logp` = log pi(y|x+z_k) and `rationale_logp` = log pi(z_k|x) carry gradients;
+    `reference_logp` = log pi_ref(z_k|x) (None when beta = 0); `finished` bool.
+    The rewards and advantages are constants (detached): gradients come only from the two loss terms.
+    """
+    k = answer_logp.shape[1]
+    reward = answer_logp.detach()
+    if unfinished_penalty is not None:
+        reward = torch.where(finished, reward, unfinished_penalty * reward.mean())
+    kl = (rationale_logp.detach() - reference_logp.detach()) if reference_logp is not None else torch.zeros_like(reward)
+    reward = reward - beta * kl
+    baseline = (reward.sum(1, keepdim=True) - reward) / (k - 1)
+    advantages = reward - baseline
+    policy_loss = -(advantages * rationale_logp).mean()
+    answer_loss = -answer_logp.mean()
+    loss = policy_loss + answer_weight * answer_loss
+    return Objective(loss, policy_loss, answer_loss, reward, advantages, kl)
+
+
+# ---- the method ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One step's rollouts for B questions: the samples, the packed teacher-forcing batch and where they came from."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    samples: Samples
+    packed: Packed
+    answer_lengths: torch.Tensor  # [B*K] tokens of y (EOS included)
+
+
+class LaTRO(Method):
+    """Self-rewarding variational RL on sampled rationales; answers like CoT (greedy or self-consistency)."""
+
+    name = "latro"
+    Config = LaTROConfig
+
+    def __init__(self, config: LaTROConfig, model, tokenizer, task):
+        super().__init__(config, model, tokenizer, task)
+        self._reference_model = None  # the frozen copy (no LoRA, beta > 0), made on first use
+        self._reference_state: dict[str, torch.Tensor] | None = None  # a checkpoint's copy, loaded on first use
+
+    # -- the reference -----------------------------------------------------------------------------
+    @property
+    def uses_lora(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+    @contextmanager
+    def reference(self):
+        """The reference model pi_ref: the adapter-disabled model under LoRA, else the frozen copy."""
+        if self.uses_lora:
+            with self.model.disable_adapter():
+                yield self.model
+            return
+        if self._reference_model is None:
+            reference = copy.deepcopy(self.model)
+            if self._reference_state is not None:
+                reference.load_state_dict(self._reference_state)
+                self._reference_state = None
+            self._reference_model = reference.requires_grad_(False).eval()
+        if next(self._reference_model.parameters()).device != self.device:
+            self._reference_model.to(self.device)
+        yield self._reference_model
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """The frozen reference copy, when there is one, so that a resumed run keeps its reference."""
+        if self._reference_model is not None:
+            state = self._reference_model.state_dict()
+        elif self._reference_state is not None:
+            state = self._reference_state
+        else:
+            return {}
+        return {f"reference.{name}": tensor.detach().clone() for name, tensor in state.items()}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        unknown = sorted(name for name in state if not name.startswith("reference."))
+        if unknown:
+            raise ValueError(f"method 'latro' keeps only reference.* extras, but the checkpoint holds {unknown[:3]}")
+        if state:
+            self._reference_state = {name[len("reference.") :]: tensor for name, tensor in state.items()}
+            self._reference_model = None
+
+    # -- one step -----------------------------------------------------------------------------------
+    def answer_ids(self, example: Example) -> list[int]:
+        """Token ids of y for `example`: `answer_format` tokenised on its own, then EOS."""
+        text = self.config.answer_format.format(stop=self.config.stop, answer=example.answer)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def prompts(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompts, cut from the left to `max_length` tokens."""
+        inputs = encode_prompts(self.tokenizer, [prompt_text(e) for e in examples], self.device)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        return ids[:, -self.config.max_length :], mask[:, -self.config.max_length :]
+
+    def rollout(self, examples: list[Example], generator: torch.Generator | None = None) -> Rollout:
+        """Sample K rationales per question (shared prefill) and pack [x, z_k, y] for teacher forcing."""
+        config = self.config
+        prompt_ids, prompt_mask = self.prompts(examples)
+        samples = sample(self.model, self.tokenizer, prompt_ids, prompt_mask, config.rollouts, config.rationale_tokens,
+                         config.rollout_temperature, config.stop, config.stop_on_eos, generator)
+        answers = [self.answer_ids(e) for e in examples]
+        packed = pack(prompt_ids, prompt_mask, samples, answers, config.rollouts, self.tokenizer.pad_token_id)
+        lengths = torch.tensor([len(a) for a in answers], device=self.device).repeat_interleave(config.rollouts)
+        return Rollout(prompt_ids, prompt_mask, samples, packed, lengths)
+
+    def sequence_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log pi(z_k|x), log pi(y|x+z_k)) for every sample, [B, K] each, from one differentiable pass."""
+        packed, k = rollout.packed, self.config.rollouts
+        token = token_logprobs(self.model, packed)
+        rationale = (token * packed.rationale_mask).sum(1)
+        answer = (token * packed.answer_mask).sum(1)
+        if self.config.reward_norm == "mean":
+            answer = answer / rollout.answer_lengths
+        return rationale.view(-1, k), answer.view(-1, k)
+
+    @torch.no_grad()
+    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """log pi_ref(z_k|x), [B, K]: one pass of the reference over the prompts and rationales only."""
+        packed = rollout.packed
+        width = packed.rationale_width
+        if width == 0:
+            return torch.zeros(packed.input_ids.shape[0], device=self.device).view(-1, self.config.rollouts)
+        with self.reference() as reference:
+            token = token_logprobs(reference, packed, width)
+        return (token * packed.rationale_mask[:, :width]).sum(1).view(-1, self.config.rollouts)
+
+    def loss(self, examples: list[Example], step: int, generator: torch.Generator | None = None):
+        config = self.config
+        rollout = self.rollout(examples, generator)
+        rationale_logp, answer_logp = self.sequence_logprobs(rollout)
+        reference_logp = self.reference_logprobs(rollout) if config.beta > 0 else None
+        finished = rollout.samples.finished.view(-1, config.rollouts)
+        objective = latro_objective(answer_logp, rationale_logp, reference_logp, finished, config.beta,
+                                    config.answer_weight, config.unfinished_penalty)
+        samples = rollout.samples
+        metrics = {
+            "reward": float(objective.rewards.mean()),
+            "answer_logp": float(answer_logp.detach().mean()),
+            "kl": float(objective.kl.mean()),
+            "finished": float(samples.finished.float().mean()),
+            "sampled_tokens": float(samples.sampled_tokens),
+            "rationale_tokens": float(samples.kept.float().mean()),
+            "policy_loss": float(objective.policy_loss.detach()),
+            "answer_loss": float(objective.answer_loss.detach()),
+            "tokens": float(rollout.packed.attention_mask.sum()),
+        }
+        return objective.loss, metrics
+
+    # -- answering ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def answer(self, examples: list[Example]) -> list[Prediction]:
+        """Zero-shot: a rationale and the answer after `stop`, greedy or by self-consistency (majority vote).
+
+        Cost per example: the tokens generated for it over all its samples (one forward position
+        each, the first coming from the prefill), as the CoT baselines count."""
+        config = self.config
+        sampling = config.decoding == "self-consistency"
+        k = config.samples if sampling else 1
+        prompt_ids, prompt_mask = self.prompts(examples)
+        samples = sample(self.model, self.tokenizer, prompt_ids, prompt_mask, k, config.max_new_tokens,
+                         config.temperature if sampling else 0.0)
+        rows = [ids[:length] for ids, length in zip(samples.ids.tolist(), samples.lengths.tolist())]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        predictions = []
+        for b in range(len(examples)):
+            group = texts[b * k : (b + 1) * k]
+            answers = [self.parse(text) for text in group]
+            chosen = _vote(answers)
+            cost = int(samples.lengths[b * k : (b + 1) * k].sum())
+            predictions.append(Prediction(group[chosen], answers[chosen], cost, cost))
+        return predictions
+
+    def parse(self, text: str) -> str | None:
+        """The answer after the last `stop` (to the end of its line), else the task-agnostic parser's."""
+        stop = self.config.stop
+        if stop in text:
+            line = text.rsplit(stop, 1)[1].strip(" \t:").split("\n", 1)[0]
+            return normalise_answer(line)
+        return super().parse(text)
+
+
+def _vote(answers: list[str | None]) -> int:
+    """Index of the most common parsed answer (ties: the earliest); 0 when none parsed."""
+    counts = Counter(a for a in answers if a)
+    if not counts:
+        return 0
+    best = max(counts.values())
+    return next(i for i, a in enumerate(answers) if a and counts[a] == best)
