@@ -1,4 +1,4 @@
-"""`latent train | eval | data | demo`: the command line."""
+"""`latent train | eval | data | inspect | demo`: the command line."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _keys_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import methods, tasks
+    from . import inspect_thoughts, methods, tasks
 
     parser = argparse.ArgumentParser(prog="latent", description="Train and evaluate latent-reasoning language models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--skip-bad", action="store_true", help="count and report bad records instead of "
                                                                "stopping at the first (default: off)")
 
+    inspect = commands.add_parser("inspect", help="what a coconut/slr checkpoint's continuous thoughts decode to")
+    inspect_thoughts.add_arguments(inspect)
+
     demo = commands.add_parser("demo", help="the main job: generate a task, train every method, compare them")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="the under-2-minute version used in CI (default: off)")
@@ -86,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo}[args.command](args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo, "inspect": cmd_inspect}
+        return commands[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         if os.environ.get("LATENT_DEBUG"):
             raise
@@ -174,6 +178,12 @@ def cmd_data(args) -> int:
         examples = task.load(split=args.split, path=args.path, skip_bad=args.skip_bad)
         print(f"{args.path}: {len(examples)} {args.task} examples")
     return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect_thoughts import run
+
+    return run(args) or 0
 
 
 def cmd_demo(args) -> int:

@@ -127,12 +127,13 @@ def check_model(name: str) -> None:
                           f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
 
 
-def load_examples(task: tasks.Task, data: str | None, split: str, size: int, seed: int) -> list[tasks.Example]:
-    """Examples from a file/folder, or generated (generated tasks), or from the hub."""
+def load_examples(task: tasks.Task, data: str | None, split: str, size: int, seed: int,
+                  exclude: list[tasks.Example] = ()) -> list[tasks.Example]:
+    """Examples from a file/folder, or generated (generated tasks; never one of `exclude`), or from the hub."""
     if data is not None:
         return task.load(split=split, path=data)
     try:
-        return task.generate(size, seed=seed)
+        return task.generate(size, seed=seed, exclude={e.question for e in exclude})
     except NotImplementedError:
         return task.load(split=split)
 
@@ -171,12 +172,18 @@ def train(run: Run, out: str | Path, resume: bool = False, command: str | None =
     eval_examples = []
     if run.train.eval_size:
         eval_examples = load_examples(task, run.data.eval_data, run.data.eval_split, run.train.eval_size,
-                                      run.train.seed + 10_000)
+                                      run.train.seed + 10_000, exclude=train_examples)
     saved = checkpoint.find(out / "checkpoint") if resume else None
     if resume and saved is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {out}")
+    init_from = getattr(run.method_config, "init_from", None)  # e.g. coconut starts from a cot checkpoint
     if saved is not None:
         method = build_method(run, weights=saved)
+    elif init_from:
+        found = checkpoint.find(Path(init_from))
+        if found is None:
+            raise FileNotFoundError(f"init_from={init_from!r}: no checkpoint there")
+        method = build_method(run, weights=found)
     else:
         method = build_method(run, texts_of(train_examples))
     trainer = Trainer(method, train_examples, run.train, out, run.describe(command), evaluate=evaluate)

@@ -87,7 +87,7 @@ class Task:
         raise NotImplementedError
 
     # ---- generation (generated tasks only) -----------------------------------------------------
-    def generate(self, n: int, seed: int) -> list[Example]:
+    def generate(self, n: int, seed: int, exclude: set[str] | None = None) -> list[Example]:
         raise NotImplementedError(f"task {self.name!r} is not generated; load it instead")
 
     def save(self, examples: list[Example], path: str | Path) -> None:

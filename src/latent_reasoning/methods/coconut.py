@@ -1,0 +1,706 @@
+"""Continuous thoughts: COCONUT (Hao et al., 2024, arXiv 2412.06769) and Stable Latent Reasoning.
+
+COCONUT. The model reasons by feeding its last hidden state back as the next input embedding.
+With h_0 the last-layer state at <bot> (the end of the prompt),
+
+    x_t     = h_t                                    continuous thought t, t = 0 .. n-1
+    h_{t+1} = LM(question, <bot>, x_0 .. x_t)[last layer, last position]
+
+then <eot> and language tokens follow on the same KV cache (latent.py runs the loop, batched).
+
+The curriculum (algorithm box). Stage k = first_stage + floor(step / steps_per_stage), capped at
+K + 1 where K = `stages`. For an example with gold steps s_1 .. s_m:
+
+    stage k <= K:  sequence = question <bot> [k c thoughts] <eot> s_{k+1} .. s_m  #### answer <eos>
+    stage K + 1:   sequence = question <bot> [K c thoughts] <eot>                  #### answer <eos>
+
+(c = `c`, thoughts per step.) The loss is the token cross-entropy of the language after <eot> only,
+
+    L = - sum_{i > <eot>} log p(y_i | question, <bot>, x_0 .. x_{n-1}, <eot>, y_<i),
+
+never on the question, <bot>, the thoughts or <eot> itself. Gradients flow through every thought
+back to the question (back-propagation through the loop). With `mix_probability` p an example
+trains, with probability p, at a stage drawn uniformly from 0 .. m instead (COCONUT's
+"uniform_prob" mixing). With `reset_optimizer` the AdamW moments are cleared at each stage change.
+
+How many thoughts an example with fewer steps than the stage gets: COCONUT's own data code (the
+`pad_latent_to_max: True` of all its recipes) gives EVERY example k c thoughts at stage k <= K and
+K c at the last stage, even if it has fewer than k steps (all its steps are then latent and the
+extra thoughts are padding); `pad_thoughts=true` (the default) does the same. `pad_thoughts=false`
+caps at the example's step count at every stage: min(k, m) c thoughts (min(K, m) c at the last);
+COCONUT's `pad_latent_to_max: False` caps only at the last stage. At answer time every example
+gets n = c K thoughts (or `eval_thoughts`; held-out scores taken during training use the current
+stage's c min(k, K), as COCONUT's do). COCONUT without padding would use min(K, m) c at test time,
+which reads the gold step count, so we never do.
+
+From the paper's epochs to our optimizer steps: steps_per_stage = epochs_per_stage x
+ceil(N_train / (batch_size x grad_accum x processes)). The paper trains with 128 examples per step
+(32 per GPU x 4 GPUs): ProsQA (17,886 train) 5 epochs/stage = 700 steps, ProntoQA (9,000) 5 epochs
+= 355 steps, GSM8K-Aug (385,620) 3 epochs = 9,039 steps (it starts at stage 1 from a CoT model:
+first_stage=1, init_from=<cot checkpoint>). configs/coconut-*.yaml hold these recipes.
+
+Stable Latent Reasoning (`slr`) adds stabilisers to the loop, each a switch of SLRConfig:
+
+    s_0 = h_0
+    s_t = h_t + a s_0   (residual_mode=initial)  or  h_t + a s_{t-1}  (previous)   loop residual, a = `residual`
+    u_t = s_t mu_E / ||s_t||,   mu_E = mean_v ||E_v||                        `normalize`: input-embedding scale
+    x_t = u_t + e_t   (timestep=add)   or   W [u_t ; e_t]   (concat)         e_t = MLP(sinusoid(t))
+    h_{t+1} = LM_t(... x_t),   LM_t = LM with W_q <- W_q + (alpha/r) B_t A_t on the chosen projections
+                                                                            `loop_lora`: adapter t only in pass t
+
+With every switch off, x_t = h_t: exactly COCONUT. Adaptive termination stops example b before
+thought t >= 1 when ||h_t - h_{t-1}|| / ||h_{t-1}|| < `halt_threshold` (halting=delta) or when a
+linear halting head says sigmoid(w . h_t + b) > `halt_probability` (halting=learned; it is trained
+with BCE towards y_t = [t >= n_b], n_b the thoughts example b is trained with, on detached h_t: a
+probe that does not move the LM); with at most n thoughts. Optional distillation from CoT
+(`distill_weight` lambda) adds
+
+    lambda mean_i ||h_{(i+1)c} - h*_i||^2 / ||h*_i||^2,
+
+h*_i the last-layer state at the last token of gold step i in a teacher-forced CoT pass of the same
+model on the same example (no gradient): the state after the thoughts that replace step i is pulled
+towards the state after reading step i.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import thought_token_ids
+from ..config import ConfigError, choices
+from ..latent import LoopResult, decode, extend, thought_loop
+from ..tasks import Example
+from .base import Method, MethodConfig, Prediction, answer_text, chain_text, majority_vote, prompt_text
+
+
+# ---- configuration -------------------------------------------------------------------------------
+
+
+@dataclass
+class CoconutConfig(MethodConfig):
+    c: int = 1  # continuous thoughts per replaced reasoning step
+    stages: int = 3  # K, the last stage that replaces steps one by one; stage K + 1 makes every step latent
+    steps_per_stage: int = 100  # optimizer steps per stage (see the module docstring for the paper's epochs)
+    first_stage: int = 0  # the stage at step 0 (1 when starting from a CoT checkpoint, as COCONUT's GSM8K run)
+    reset_optimizer: bool = True  # clear AdamW's moments at each stage change
+    mix_probability: float = 0.0  # chance an example trains at a stage drawn uniformly from 0 .. len(steps)
+    pad_thoughts: bool = True  # every example gets c * stage thoughts (COCONUT); false: capped at its step count
+    eval_thoughts: int | None = None  # thoughts at answer time; default c * stages
+    init_from: str | None = None  # a `cot` checkpoint folder to start from (run.py loads it)
+
+    def check(self) -> None:
+        for key in ("c", "stages", "steps_per_stage"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
+        if self.first_stage < 0:
+            raise ConfigError(f"first_stage={self.first_stage}: must be 0 or more")
+        if not 0.0 <= self.mix_probability <= 1.0:
+            raise ConfigError(f"mix_probability={self.mix_probability}: must lie in [0, 1]")
+        if self.eval_thoughts is not None and self.eval_thoughts < 0:
+            raise ConfigError(f"eval_thoughts={self.eval_thoughts}: must be 0 or more")
+
+
+@dataclass
+class SLRConfig(CoconutConfig):
+    timestep: str = choices("none", "add", "concat", default="add")  # timestep embedding e_t of the fed state
+    timestep_dim: int = 64  # sinusoid features fed to e_t's MLP
+    timestep_scale: float = 0.25  # initial mean ||e_t|| as a fraction of the mean input-embedding norm
+    loop_lora: bool = True  # a low-rank adapter per loop index, active only in its thought pass
+    loop_lora_r: int = 4
+    loop_lora_alpha: float = 8.0
+    loop_lora_targets: list[str] = field(default_factory=list)  # layer names; default q_proj,v_proj or c_attn
+    loop_lora_loops: int | None = None  # adapters per layer; default c * stages (later thoughts reuse the last)
+    residual: float = 0.1  # a in s_t = h_t + a s_0 (or a s_{t-1}); 0 switches it off
+    residual_mode: str = choices("initial", "previous", default="initial")
+    normalize: bool = True  # rescale the fed state to the mean input-embedding norm
+    halting: str = choices("none", "delta", "learned", default="delta")  # adaptive termination at answer time
+    halt_threshold: float = 0.01  # delta: stop when ||h_t - h_{t-1}|| / ||h_{t-1}|| < this
+    halt_probability: float = 0.5  # learned: stop when the halting head's probability exceeds this
+    halt_weight: float = 0.1  # learned: weight of the halting head's BCE in the loss
+    distill_weight: float = 0.0  # weight pulling thought states towards CoT step-end states
+
+    def check(self) -> None:
+        super().check()
+        if self.timestep_dim < 2 or self.timestep_dim % 2:
+            raise ConfigError(f"timestep_dim={self.timestep_dim}: must be an even number of at least 2")
+        if self.timestep_scale <= 0:
+            raise ConfigError(f"timestep_scale={self.timestep_scale}: must be positive")
+        if self.loop_lora_r < 1:
+            raise ConfigError(f"loop_lora_r={self.loop_lora_r}: must be at least 1")
+        if self.loop_lora_loops is not None and self.loop_lora_loops < 1:
+            raise ConfigError(f"loop_lora_loops={self.loop_lora_loops}: must be at least 1")
+        if self.halt_threshold < 0:
+            raise ConfigError(f"halt_threshold={self.halt_threshold}: must be 0 or more")
+        if not 0.0 <= self.halt_probability <= 1.0:
+            raise ConfigError(f"halt_probability={self.halt_probability}: must lie in [0, 1]")
+        for key in ("halt_weight", "distill_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)}: must be 0 or more")
+
+
+# ---- the curriculum's data -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one example trains: its stage, the gold steps made latent, and its number of thoughts."""
+
+    stage: int
+    latent_steps: int
+    thoughts: int
+
+
+@dataclass
+class LatentBatch:
+    """A batch laid out for the thought loop.
+
+    prompt_ids / prompt_mask    [B, L] LEFT-padded "question\\n<bot>"
+    n_thoughts                  [B]
+    continuation_ids / _mask    [B, C] RIGHT-padded "<eot> remaining steps \\n #### answer <eos>"
+    labels                      [B, C] the continuation's ids, -100 on <eot> and padding;
+                                logits[:, i] (after reading continuation token i) is scored against labels[:, i + 1]
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    n_thoughts: torch.Tensor
+    continuation_ids: torch.Tensor
+    continuation_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def sequence(self, b: int, latent_id: int) -> tuple[list[int], list[int]]:
+        """Example b as one sequence, <latent> standing for each thought, and its labels (as COCONUT lays it out)."""
+        prompt = self.prompt_ids[b][self.prompt_mask[b].bool()].tolist()
+        continuation = self.continuation_ids[b][self.continuation_mask[b].bool()].tolist()
+        labels = self.labels[b][self.continuation_mask[b].bool()].tolist()
+        n = int(self.n_thoughts[b])
+        return prompt + [latent_id] * n + continuation, [-100] * (len(prompt) + n) + labels
+
+    @property
+    def target_tokens(self) -> int:
+        return int((self.labels != -100).sum())
+
+
+@dataclass
+class Thinking:
+    """What the loop computed for a batch of questions: the loop state (ready to decode from) and the
+    last-layer states h_0 .. h_T [B, T + 1, H] (h_t is the state before thought t; h_T the last)."""
+
+    loop: LoopResult
+    states: torch.Tensor
+
+
+class _Capture:
+    """Records h (last layer, last position) of every model call made with output_hidden_states."""
+
+    def __init__(self, model):
+        self.model, self.states, self.handle = model, [], None
+
+    def __enter__(self):
+        def hook(module, inputs, output):
+            hidden = getattr(output, "hidden_states", None)
+            if hidden is not None:
+                self.states.append(hidden[-1][:, -1])
+
+        self.handle = self.model.register_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack(self.states, dim=1)
+
+
+# ---- COCONUT -------------------------------------------------------------------------------------
+
+
+class Coconut(Method):
+    """The last hidden state fed back as the next input embedding, learned by a staged curriculum."""
+
+    name = "coconut"
+    Config = CoconutConfig
+
+    def __init__(self, config: CoconutConfig, model, tokenizer, task):
+        super().__init__(config, model, tokenizer, task)
+        self.tokens = thought_token_ids(tokenizer)
+        self.extras = nn.ModuleDict()  # trained modules beyond the backbone (SLR's stabilisers)
+        self.stage: int | None = None  # the trainer's current stage, once on_step has been called
+
+    # -- extra state -----------------------------------------------------------------------------
+    def _extras_on_device(self) -> nn.ModuleDict:
+        return self.extras.to(self.device)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return super().trainable_parameters() + list(self._extras_on_device().parameters())
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach() for name, tensor in self.extras.state_dict().items()}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load saved extras; an empty state (e.g. a `cot` checkpoint to start from) keeps the initial ones."""
+        if not state:
+            return
+        own = self.extras.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"method {self.name!r}: checkpoint extras do not match this config "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        for key, tensor in state.items():
+            if own[key].shape != tensor.shape:
+                raise ValueError(f"method {self.name!r}: extra {key!r} has shape {tuple(tensor.shape)} in the "
+                                 f"checkpoint but {tuple(own[key].shape)} here (a config key differs)")
+        self.extras.load_state_dict(state)
+
+    # -- the curriculum ----------------------------------------------------------------------------
+    def stage_at(self, step: int) -> int:
+        return min(self.config.first_stage + step // self.config.steps_per_stage, self.config.stages + 1)
+
+    def on_step(self, step: int) -> bool:
+        """Enter the stage of `step`; True (reset AdamW) on the first step of a new stage."""
+        self.stage = self.stage_at(step)
+        return bool(self.config.reset_optimizer and step > 0 and self.stage != self.stage_at(step - 1))
+
+    def plan(self, example: Example, stage: int) -> Plan:
+        """Which steps become thoughts at `stage` and how many thoughts replace them (see module docstring)."""
+        K, c, m = self.config.stages, self.config.c, len(example.steps)
+        if stage > K:
+            latent, slots = m, K
+        else:
+            latent, slots = min(stage, m), stage
+        if not self.config.pad_thoughts:
+            slots = min(slots, m)
+        return Plan(stage=stage, latent_steps=latent, thoughts=slots * c)
+
+    def plans(self, examples: list[Example], step: int) -> list[Plan]:
+        """The scheduled stage for each example, or with `mix_probability` a stage drawn from 0 .. len(steps).
+        The draw is a function of (step, position, question), so a resumed run draws the same."""
+        scheduled = self.stage_at(step)
+        out = []
+        for position, example in enumerate(examples):
+            stage = scheduled
+            if self.config.mix_probability > 0:
+                rng = random.Random(zlib.crc32(f"{step}:{position}:{example.question}".encode()))
+                if rng.random() < self.config.mix_probability:
+                    stage = rng.randint(0, len(example.steps))
+            out.append(self.plan(example, stage))
+        return out
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, examples: list[Example], plans: list[Plan]) -> LatentBatch:
+        """Prompts "question\\n<bot>" (left-padded) and continuations "<eot> rest <eos>" (right-padded).
+
+        A sequence longer than max_length keeps its continuation's start and its prompt's end (<bot> always).
+        """
+        prompts, continuations = [], []
+        for example, plan in zip(examples, plans):
+            rest = "\n".join(example.steps[plan.latent_steps :] + [answer_text(example)])
+            continuation = [self.tokens.eot] + self._ids(rest) + [self.tokenizer.eos_token_id]
+            budget = max(self.config.max_length - plan.thoughts, 3)
+            continuation = continuation[: max(budget - 1, 2)]
+            room = max(budget - len(continuation) - 1, 0)
+            question = self._ids(prompt_text(example))
+            prompts.append((question[-room:] if room else []) + [self.tokens.bot])
+            continuations.append(continuation)
+        pad = self.tokenizer.pad_token_id
+        width = max(map(len, prompts))
+        prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        width = max(map(len, continuations))
+        continuation_ids = torch.tensor([c + [pad] * (width - len(c)) for c in continuations])
+        continuation_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in continuations])
+        labels = continuation_ids.masked_fill(continuation_mask == 0, -100)
+        labels[:, 0] = -100  # <eot> is given, never predicted (as COCONUT)
+        n_thoughts = torch.tensor([plan.thoughts for plan in plans])
+        return LatentBatch(prompt_ids, prompt_mask, n_thoughts, continuation_ids, continuation_mask, labels)
+
+    # -- hooks of the loop (SLR overrides) ---------------------------------------------------------
+    def loop_hooks(self, training: bool) -> dict:
+        """feedback / before_step / halt for latent.thought_loop; COCONUT: none (x_t = h_t, no halting)."""
+        return {}
+
+    def end_loop(self) -> None:
+        """Called once the thought passes are over, before any language is read (e.g. to switch adapters off)."""
+
+    def run_loop(self, prompt_ids, prompt_mask, n_thoughts, training: bool) -> Thinking:
+        hooks = self.loop_hooks(training)
+        capture = _Capture(self.model)
+        try:
+            with capture:
+                loop = thought_loop(self.model, prompt_ids, prompt_mask, n_thoughts, **hooks)
+        finally:
+            self.end_loop()
+        return Thinking(loop, capture.stacked())
+
+    # -- training ----------------------------------------------------------------------------------
+    def loss(self, examples: list[Example], step: int):
+        self._extras_on_device()
+        plans = self.plans(examples, step)
+        batch = self.encode(examples, plans)
+        device = self.device
+        thinking = self.run_loop(batch.prompt_ids.to(device), batch.prompt_mask.to(device),
+                                 batch.n_thoughts.to(device), training=True)
+        logits, _ = extend(self.model, thinking.loop, batch.continuation_ids.to(device),
+                           batch.continuation_mask.to(device))
+        labels = batch.labels.to(device)
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        extra, metrics = self.extra_losses(examples, plans, batch, thinking)
+        metrics.update({
+            "ce": float(ce.detach()),
+            "stage": float(self.stage_at(step)),
+            "thoughts": float(batch.n_thoughts.float().mean()),
+            "tokens": float(batch.prompt_mask.sum() + batch.n_thoughts.sum() + batch.continuation_mask.sum()),
+        })
+        return ce + extra if extra is not None else ce, metrics
+
+    def extra_losses(self, examples, plans, batch: LatentBatch, thinking: Thinking):
+        """Losses beyond the language cross-entropy (SLR's halting head and distillation)."""
+        return None, {}
+
+    # -- answering ---------------------------------------------------------------------------------
+    def eval_thoughts(self) -> int:
+        """`eval_thoughts` if set; else c K, or, while training (scoring held-out data mid-run), the
+        c min(stage, K) thoughts of the current stage, as COCONUT evaluates during training."""
+        if self.config.eval_thoughts is not None:
+            return self.config.eval_thoughts
+        stage = self.config.stages if self.stage is None else min(self.stage, self.config.stages)
+        return self.config.c * stage
+
+    def prompts(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded "question\\n<bot>" ids and mask on the model's device."""
+        plans = [Plan(stage=0, latent_steps=0, thoughts=0)] * len(examples)
+        batch = self.encode(examples, plans)
+        return batch.prompt_ids.to(self.device), batch.prompt_mask.to(self.device)
+
+    @torch.no_grad()
+    def think(self, examples: list[Example], n_thoughts: int | None = None) -> Thinking:
+        """Prefill each question and run its thoughts (n_thoughts, default `eval_thoughts`), batched."""
+        self._extras_on_device()
+        prompt_ids, prompt_mask = self.prompts(examples)
+        n = self.eval_thoughts() if n_thoughts is None else n_thoughts
+        return self.run_loop(prompt_ids, prompt_mask, n, training=False)
+
+    @torch.no_grad()
+    def answer(self, examples: list[Example]) -> list[Prediction]:
+        """question <bot> [n thoughts] <eot> answer: decoded greedily (or k samples and a majority vote)."""
+        if not examples:
+            return []
+        thinking = self.think(examples)
+        loop = thinking.loop
+        sampling = self.config.decoding == "self-consistency"
+        k = self.config.samples if sampling else 1
+        if k > 1:  # the k samples of a question share its prefill and thoughts
+            loop.past_key_values.batch_repeat_interleave(k)
+            loop.attention_mask = loop.attention_mask.repeat_interleave(k, dim=0)
+        first = torch.full((len(examples) * k,), self.tokens.eot, dtype=torch.long, device=self.device)
+        decoded = decode(self.model, loop, first, self.config.max_new_tokens, self.tokenizer.eos_token_id,
+                         temperature=self.config.temperature if sampling else 0.0,
+                         pad_token_id=self.tokenizer.pad_token_id)
+        texts = [self.tokenizer.decode(row[:length], skip_special_tokens=True)
+                 for row, length in zip(decoded.ids.tolist(), decoded.n_tokens.tolist())]
+        lengths = decoded.n_tokens.tolist()
+        n_thoughts = thinking.loop.n_thoughts.tolist()
+        predictions = []
+        for i in range(len(examples)):
+            samples, cost = texts[i * k : (i + 1) * k], lengths[i * k : (i + 1) * k]
+            chosen = majority_vote(samples) if k > 1 else 0
+            norms = thinking.loop.thoughts[i, : n_thoughts[i]].float().norm(dim=-1).tolist()
+            predictions.append(Prediction(
+                text=samples[chosen],
+                answer=self.parse(samples[chosen]),
+                forward_passes=1 + n_thoughts[i] + sum(cost),  # prefill, one per thought, one per decoded token
+                generated_tokens=sum(cost),
+                thoughts=[round(x, 4) for x in norms],
+            ))
+        return predictions
+
+
+# ---- Stable Latent Reasoning: the stabilisers ----------------------------------------------------
+
+
+class TimestepEmbedding(nn.Module):
+    """e_t = W_2 SiLU(W_1 sinusoid(t) + b_1) + b_2, added to the fed state, or concatenated and
+    projected by W (W = [I | I] at init, so "concat" starts as "add" and learns the mix).
+
+    W_2 is scaled at init so that the mean ||e_t|| over the trained loop indices is `norm`
+    (SLR passes timestep_scale x the mean input-embedding norm): a signal beside the thought, not over it.
+    """
+
+    def __init__(self, hidden: int, dim: int, mode: str, norm: float, loops: int):
+        super().__init__()
+        self.dim, self.mode = dim, mode
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        nn.init.zeros_(self.mlp[2].bias)
+        with torch.no_grad():
+            mean = torch.stack([self.mlp(self.sinusoid(t, "cpu")) for t in range(max(loops, 1))]).norm(dim=-1).mean()
+            self.mlp[2].weight.mul_(norm / mean.clamp_min(1e-12))
+        if mode == "concat":
+            self.project = nn.Linear(2 * hidden, hidden, bias=False)
+            with torch.no_grad():
+                eye = torch.eye(hidden)
+                self.project.weight.copy_(torch.cat([eye, eye], dim=1))
+
+    def sinusoid(self, t: int, device) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=device, dtype=torch.float32) / half)
+        angles = t * freqs
+        return torch.cat([angles.sin(), angles.cos()])
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        weight = self.mlp[0].weight
+        e = self.mlp(self.sinusoid(t, weight.device).to(weight.dtype))
+        if self.mode == "add":
+            return x + e.to(x.dtype)
+        joined = torch.cat([x, e.to(x.dtype).expand_as(x)], dim=-1)
+        return self.project(joined.to(self.project.weight.dtype)).to(x.dtype)
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of a linear-like layer: nn.Linear, peft's LoRA Linear, GPT-2's Conv1D."""
+    if isinstance(getattr(module, "in_features", None), int) and isinstance(getattr(module, "out_features", None), int):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":
+        return tuple(module.weight.shape)  # (nx, nf): y = x W + b
+    return None
+
+
+class LoopLoRA(nn.Module):
+    """One low-rank adapter per loop index on chosen linear layers: while `active` is t,
+
+        y = W x + (alpha / r) B_t A_t x,        A_t [r, in], B_t [out, r], B_t = 0 at init,
+
+    and while `active` is None (prefill, <eot>, answer) the layers are the base layers. It works by
+    forward hooks, so the backbone's modules and its saved weights stay untouched, and switching the
+    index costs nothing and keeps every adapter in the autograd graph (unlike peft's set_adapter,
+    which toggles requires_grad). Loop indices beyond the last adapter use the last one.
+    """
+
+    def __init__(self, model: nn.Module, loops: int, r: int, alpha: float, targets: list[str]):
+        super().__init__()
+        self.loops, self.scale, self.active = loops, alpha / r, None
+        if not targets:
+            names = [name for name, _ in model.named_modules()]
+            targets = (["q_proj", "v_proj"] if any(n.endswith("q_proj") for n in names)
+                       else ["c_attn"] if any(n.endswith("c_attn") for n in names) else [])
+        layers = [(name, module) for name, module in model.named_modules()
+                  if any(name == t or name.endswith("." + t) for t in targets) and _linear_shape(module)]
+        if not layers:
+            raise ConfigError(f"loop_lora_targets={targets}: no linear layer of the backbone has such a name")
+        self.names = [name for name, _ in layers]
+        self.A = nn.ParameterList()
+        self.B = nn.ParameterList()
+        self.handles = []
+        for index, (_, module) in enumerate(layers):
+            n_in, n_out = _linear_shape(module)
+            a = torch.empty(loops, r, n_in)
+            for t in range(loops):
+                nn.init.kaiming_uniform_(a[t], a=math.sqrt(5))
+            self.A.append(nn.Parameter(a))
+            self.B.append(nn.Parameter(torch.zeros(loops, n_out, r)))
+            self.handles.append(module.register_forward_hook(self._hook(index)))
+
+    def _hook(self, index: int):
+        def hook(module, inputs, output):
+            if self.active is None:
+                return output
+            t = min(self.active, self.loops - 1)
+            a, b = self.A[index][t], self.B[index][t]
+            x = inputs[0]
+            delta = (x.to(a.dtype) @ a.T) @ b.T * self.scale
+            return output + delta.to(output.dtype)
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+class StableLatentReasoning(Coconut):
+    """COCONUT with a stabilised loop: timestep embedding, loop-wise LoRA, loop residual, normalisation
+    of the fed state, adaptive termination and optional CoT distillation (equations in the module docstring).
+
+    The modules a checkpoint trained (timestep MLP, loop adapters, halting head) are built from the
+    training config; switching one off afterwards (`latent eval ... timestep=none loop_lora=false
+    residual=0 normalize=false halting=none`) makes the loop skip it: a test-time ablation.
+    """
+
+    name = "slr"
+    Config = SLRConfig
+
+    def __init__(self, config: SLRConfig, model, tokenizer, task):
+        super().__init__(config, model, tokenizer, task)
+        hidden = model.get_input_embeddings().weight.shape[1]
+        loops = config.loop_lora_loops or config.c * config.stages
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)  # the extras' initialisation does not depend on what ran before
+            if config.timestep != "none":
+                norm = config.timestep_scale * float(self._embedding_scale())
+                self.extras["timestep"] = TimestepEmbedding(hidden, config.timestep_dim, config.timestep, norm, loops)
+            if config.loop_lora:
+                self.extras["loop_lora"] = LoopLoRA(model, loops, config.loop_lora_r, config.loop_lora_alpha,
+                                                    config.loop_lora_targets)
+            if config.halting == "learned":
+                head = nn.Linear(hidden, 1)
+                nn.init.zeros_(head.weight)
+                nn.init.constant_(head.bias, -2.0)  # starts unwilling to halt
+                self.extras["halt_head"] = head
+        self.extras.to(self.device)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def _embedding_scale(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.get_input_embeddings().weight.float().norm(dim=-1).mean()
+
+    def make_feedback(self):
+        """x_t = f(h_t, t) with the switched-on stabilisers; None when all are off (x_t = h_t)."""
+        config = self.config
+        timestep = self.extras["timestep"] if config.timestep != "none" and "timestep" in self.extras else None
+        if not (config.residual or config.normalize or timestep is not None):
+            return None
+        scale = self._embedding_scale() if config.normalize else None
+        memory = {}
+
+        def feedback(h: torch.Tensor, t: int) -> torch.Tensor:
+            s = h
+            if config.residual:
+                if t == 0:
+                    memory["initial"] = h
+                else:
+                    s = h + config.residual * memory["initial" if config.residual_mode == "initial" else "previous"]
+                memory["previous"] = s
+            if scale is not None:
+                s = s * (scale.to(s.dtype) / s.float().norm(dim=-1, keepdim=True).clamp_min(1e-6).to(s.dtype))
+            if timestep is not None:
+                s = timestep(s, t)
+            return s
+
+        return feedback
+
+    def make_halt(self):
+        config = self.config
+        if config.halting == "delta":
+            def halt(h, previous, t):
+                change = (h - previous).float().norm(dim=-1) / previous.float().norm(dim=-1).clamp_min(1e-6)
+                return change < config.halt_threshold
+
+            return halt
+        if config.halting == "learned":
+            if "halt_head" not in self.extras:
+                raise ConfigError("halting=learned: this model was trained without a halting head; "
+                                  "use halting=delta or none")
+            head = self.extras["halt_head"]
+
+            def halt(h, previous, t):
+                return torch.sigmoid(head(h.to(head.weight.dtype)).squeeze(-1)) > config.halt_probability
+
+            return halt
+        return None
+
+    def loop_hooks(self, training: bool) -> dict:
+        hooks = {}
+        feedback = self.make_feedback()
+        if feedback is not None:
+            hooks["feedback"] = feedback
+        if self.config.loop_lora and "loop_lora" in self.extras:
+            lora = self.extras["loop_lora"]
+
+            def before_step(t: int) -> None:
+                lora.active = t
+
+            hooks["before_step"] = before_step
+        if not training:  # training runs each example's full curriculum thoughts
+            halt = self.make_halt()
+            if halt is not None:
+                hooks["halt"] = halt
+        return hooks
+
+    def end_loop(self) -> None:
+        if "loop_lora" in self.extras:
+            self.extras["loop_lora"].active = None
+
+    # -- extra losses ------------------------------------------------------------------------------
+    def extra_losses(self, examples, plans, batch: LatentBatch, thinking: Thinking):
+        total, metrics = None, {}
+        states = thinking.states  # [B, T + 1, H], h_0 .. h_T
+        n = batch.n_thoughts.to(states.device)
+        if self.config.halting == "learned" and self.config.halt_weight > 0 and states.shape[1] > 1:
+            head = self.extras["halt_head"]
+            t = torch.arange(1, states.shape[1], device=states.device)
+            logits = head(states[:, 1:].detach().float()).squeeze(-1)  # a probe: no gradient into the LM
+            used = t.unsqueeze(0) <= n.unsqueeze(1)  # states the example really computed
+            target = (t.unsqueeze(0) >= n.unsqueeze(1)).float()
+            if bool(used.any()):
+                bce = F.binary_cross_entropy_with_logits(logits[used], target[used])
+                total = self.config.halt_weight * bce
+                metrics["halt_bce"] = float(bce.detach())
+        if self.config.distill_weight > 0:
+            distill = self.distillation(examples, plans, states)
+            if distill is not None:
+                weighted = self.config.distill_weight * distill
+                total = weighted if total is None else total + weighted
+                metrics["distill"] = float(distill.detach())
+        return total, metrics
+
+    def cot_states(self, examples: list[Example]) -> list[torch.Tensor]:
+        """Teacher: per example, the last-layer states [m, H] at the last token of each gold step, read
+        from a teacher-forced CoT pass ("question\\n" + steps + answer, as `cot` trains), without gradient."""
+        rows, ends = [], []
+        for example in examples:
+            question = self._ids(prompt_text(example))
+            target = chain_text(example)
+            encoded = self.tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+            positions, end = [], -1
+            for step in example.steps:
+                end += len(step) + 1  # character just past the step (its newline)
+                inside = [i for i, (start, _) in enumerate(offsets) if start < end]
+                positions.append(len(question) + (inside[-1] if inside else 0))
+            sequence = (question + ids)[: self.config.max_length]
+            rows.append(sequence)
+            ends.append([p for p in positions if p < len(sequence)])
+        pad = self.tokenizer.pad_token_id
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        training = self.model.training
+        self.model.eval()  # the teacher reads without dropout
+        try:
+            with torch.no_grad():
+                hidden = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        finally:
+            self.model.train(training)
+        return [hidden[b, torch.tensor(p, dtype=torch.long, device=self.device)] for b, p in enumerate(ends)]
+
+    def distillation(self, examples, plans, states: torch.Tensor) -> torch.Tensor | None:
+        """mean over replaced steps i of ||h_{(i+1)c} - h*_i||^2 / ||h*_i||^2."""
+        c = self.config.c
+        pairs = [(b, i) for b, plan in enumerate(plans) for i in range(plan.latent_steps)
+                 if (i + 1) * c <= plan.thoughts]
+        if not pairs:
+            return None
+        teacher = self.cot_states([examples[b] for b in sorted({b for b, _ in pairs})])
+        index = {b: j for j, b in enumerate(sorted({b for b, _ in pairs}))}
+        losses = []
+        for b, i in pairs:
+            targets = teacher[index[b]]
+            if i >= targets.shape[0]:
+                continue
+            student = states[b, (i + 1) * c].float()
+            target = targets[i].float()
+            losses.append((student - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-6))
+        return torch.stack(losses).mean() if losses else None
+
+
+__all__ = ["Coconut", "CoconutConfig", "LatentBatch", "LoopLoRA", "Plan", "SLRConfig", "StableLatentReasoning",
+           "Thinking", "TimestepEmbedding"]

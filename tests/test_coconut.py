@@ -1,0 +1,303 @@
+"""COCONUT and Stable Latent Reasoning on a tiny model: the curriculum's layout, each stabiliser's
+switch, training through the stages, per-example halting, loop-LoRA gradients, checkpoints."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latent_reasoning import checkpoint, methods, tasks
+from latent_reasoning.backbones import load_backbone, thought_token_ids
+from latent_reasoning.config import ConfigError
+from latent_reasoning.inspect_thoughts import inspect
+from latent_reasoning.methods.coconut import Plan
+from latent_reasoning.run import build_method, load_method, make_run, texts_of
+from latent_reasoning.trainer import Trainer
+
+TWO = tasks.get("multiplication", digits=2).generate(64, seed=0)  # 2 reasoning steps each
+THREE = tasks.get("multiplication", digits=3).generate(8, seed=0)  # 3 reasoning steps each
+ALL_OFF = dict(timestep="none", loop_lora=False, residual=0.0, normalize=False, halting="none")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These loops are many small sequential passes: one intra-op thread is several times faster
+    than two whenever another process shares the two cores (OpenMP threads wait on each other)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def base():
+    """A tiny random Llama and its word tokenizer, built once; each method gets a fresh copy."""
+    return load_backbone("tiny-5m", texts=texts_of(TWO + THREE), seed=0)
+
+
+def make(base, name, **options):
+    model, tokenizer = base
+    options.setdefault("max_new_tokens", 8)
+    config = methods.get(name).Config(**options)
+    return methods.get(name)(config, copy.deepcopy(model), tokenizer, tasks.get("multiplication", digits=2))
+
+
+def ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ---- the curriculum ------------------------------------------------------------------------------
+
+
+def test_stage_k_replaces_the_first_k_steps_and_labels_only_the_language_after_eot(base):
+    method = make(base, "coconut", c=2, stages=2, steps_per_stage=3)
+    tokenizer, special = method.tokenizer, thought_token_ids(method.tokenizer)
+    example = THREE[0]
+    question = ids(tokenizer, example.question + "\n")
+    # (trainer step, stage, latent steps, thoughts): stage 3 = K + 1 makes every step latent with K c thoughts
+    for step, stage, latent, n in [(0, 0, 0, 0), (3, 1, 1, 2), (5, 1, 1, 2), (6, 2, 2, 4), (9, 3, 3, 4), (99, 3, 3, 4)]:
+        plans = method.plans([example], step)
+        assert plans == [Plan(stage, latent, n)], step
+        batch = method.encode([example], plans)
+        sequence, labels = batch.sequence(0, special.latent)
+        rest = ids(tokenizer, "\n".join(example.steps[latent:] + [f"#### {example.answer}"])) + [tokenizer.eos_token_id]
+        assert sequence == question + [special.bot] + [special.latent] * n + [special.eot] + rest
+        assert labels == [-100] * (len(question) + 1 + n + 1) + rest  # question, <bot>, thoughts, <eot>: no loss
+    # the trainer resets AdamW on the first step of each new stage, and only then
+    assert [step for step in range(14) if method.on_step(step)] == [3, 6, 9]
+    no_reset = make(base, "coconut", stages=2, steps_per_stage=3, reset_optimizer=False)
+    assert not any(no_reset.on_step(step) for step in range(14))
+
+
+def test_examples_with_fewer_steps_than_the_stage_pad_like_coconut_or_cap(base):
+    padded = make(base, "coconut", c=2, stages=4, steps_per_stage=1)
+    capped = make(base, "coconut", c=2, stages=4, steps_per_stage=1, pad_thoughts=False)
+    example = THREE[0]  # 3 steps
+    assert padded.plans([example], 4) == [Plan(4, 3, 8)]  # COCONUT: k c thoughts whatever the step count
+    assert capped.plans([example], 4) == [Plan(4, 3, 6)]
+    assert padded.plans([example], 5) == [Plan(5, 3, 8)] and capped.plans([example], 5) == [Plan(5, 3, 6)]
+    assert padded.plans([example], 2) == capped.plans([example], 2) == [Plan(2, 2, 4)]
+
+
+def test_mixing_probability_zero_keeps_the_schedule_and_one_draws_stages_from_zero_to_the_step_count(base):
+    fixed = make(base, "coconut", stages=2, steps_per_stage=1, mix_probability=0.0)
+    mixed = make(base, "coconut", stages=2, steps_per_stage=1, mix_probability=1.0)
+    assert {plan.stage for plan in fixed.plans(TWO, 1)} == {1}
+    drawn = mixed.plans(TWO, 1)
+    assert {plan.stage for plan in drawn} == {0, 1, 2}  # uniform over 0 .. len(steps) = 2, as COCONUT
+    assert all(plan.thoughts == plan.stage for plan in drawn)
+    assert mixed.plans(TWO, 1) == drawn  # a function of (step, example): a resumed run draws the same
+    assert mixed.plans(TWO, 2) != drawn
+
+
+def test_stage_zero_loss_is_the_token_loss_of_the_laid_out_sequences(base):
+    method = make(base, "coconut", stages=2)
+    examples = THREE[:3]
+    loss, metrics = method.loss(examples, step=0)
+    batch = method.encode(examples, method.plans(examples, 0))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in range(len(examples)):
+            sequence, labels = batch.sequence(b, thought_token_ids(method.tokenizer).latent)
+            logits = method.model(input_ids=torch.tensor([sequence])).logits[0]
+            total += F.cross_entropy(logits[:-1], torch.tensor(labels[1:]), ignore_index=-100, reduction="sum")
+            count += sum(label != -100 for label in labels)
+    torch.testing.assert_close(loss.detach(), total / count, atol=1e-4, rtol=0)
+    assert metrics["stage"] == 0 and metrics["thoughts"] == 0
+
+
+# ---- the stabilisers -----------------------------------------------------------------------------
+
+
+def test_each_stabiliser_switch_changes_the_thoughts_and_nothing_before_them(base):
+    examples = THREE[:3]
+    reference = make(base, "coconut", stages=3).think(examples, 3)
+    prompt_ids, prompt_mask = make(base, "coconut").prompts(examples)
+    with torch.no_grad():
+        base_logits = base[0](input_ids=prompt_ids, attention_mask=prompt_mask).logits
+
+    def thoughts_of(**options):
+        perturb = options.pop("perturb", True)
+        method = make(base, "slr", stages=3, **{**ALL_OFF, **options})
+        if method.config.loop_lora and perturb:
+            with torch.no_grad():
+                for b in method.extras["loop_lora"].B:
+                    b.normal_(std=0.05)
+        return method, method.think(examples, 3)
+
+    # all off: exactly COCONUT; each "neutral" setting too
+    for neutral in [{}, dict(residual=0.0, residual_mode="previous"), dict(loop_lora=True, perturb=False),
+                    dict(halting="delta", halt_threshold=0.0)]:
+        _, got = thoughts_of(**neutral)
+        torch.testing.assert_close(got.loop.thoughts, reference.loop.thoughts, atol=0, rtol=0, msg=str(neutral))
+        assert got.loop.n_thoughts.tolist() == [3, 3, 3]
+
+    # each switch on: the prefill (h_0) is untouched, the thoughts move from where the switch acts
+    for options, first_changed in [(dict(timestep="add"), 0), (dict(timestep="concat"), 0), (dict(normalize=True), 0),
+                                   (dict(residual=0.5), 1), (dict(residual=0.5, residual_mode="previous"), 1),
+                                   (dict(loop_lora=True), 1)]:
+        method, got = thoughts_of(**options)
+        torch.testing.assert_close(got.states[:, 0], reference.states[:, 0], atol=1e-5, rtol=0, msg=str(options))
+        if first_changed:
+            torch.testing.assert_close(got.loop.thoughts[:, 0], reference.loop.thoughts[:, 0], atol=1e-5, rtol=0)
+        assert not torch.allclose(got.loop.thoughts[:, first_changed], reference.loop.thoughts[:, first_changed],
+                                  atol=1e-3), options
+        with torch.no_grad():  # outside the loop the backbone is the base model (loop adapters off)
+            after = method.model(input_ids=prompt_ids, attention_mask=prompt_mask).logits
+        torch.testing.assert_close(after, base_logits, atol=1e-5, rtol=0, msg=str(options))
+    # the two residual modes differ from the third thought on
+    _, initial = thoughts_of(residual=0.5)
+    _, previous = thoughts_of(residual=0.5, residual_mode="previous")
+    torch.testing.assert_close(initial.loop.thoughts[:, :2], previous.loop.thoughts[:, :2], atol=1e-5, rtol=0)
+    assert not torch.allclose(initial.loop.thoughts[:, 2], previous.loop.thoughts[:, 2], atol=1e-3)
+    # normalisation puts every fed state at the mean input-embedding norm
+    method, normalised = thoughts_of(normalize=True)
+    scale = method.model.get_input_embeddings().weight.norm(dim=-1).mean()
+    torch.testing.assert_close(normalised.loop.thoughts.norm(dim=-1), scale.expand(3, 3), atol=1e-4, rtol=1e-4)
+
+
+def test_adaptive_termination_stops_some_examples_and_leaves_the_others_as_they_were(base):
+    examples = TWO[:6]
+    T = 4
+    free = make(base, "slr", stages=T, **ALL_OFF).think(examples, T)
+    states = free.states  # identity feedback: halt sees h_t, h_{t-1} of these very states
+    change = ((states[:, 1:T] - states[:, : T - 1]).norm(dim=-1) / states[:, : T - 1].norm(dim=-1))
+    lowest = change.min(dim=1).values.sort().values
+    gap = int((lowest[1:] - lowest[:-1]).argmax())
+    threshold = float((lowest[gap] + lowest[gap + 1]) / 2)  # some examples dip below it, the others never do
+    assert float(lowest[gap + 1] - lowest[gap]) > 1e-3
+    halting = make(base, "slr", stages=T, **{**ALL_OFF, "halting": "delta", "halt_threshold": threshold})
+
+    batch = halting.think(examples, T)
+    n = batch.loop.n_thoughts.tolist()
+    stopped = [b for b in range(len(examples)) if n[b] < T]
+    assert stopped and len(stopped) < len(examples)
+    for b in range(len(examples)):
+        if b in stopped:  # stopped before thought t exactly when its change first fell below the threshold
+            assert n[b] == 1 + int((change[b] < threshold).nonzero()[0])
+        torch.testing.assert_close(batch.loop.thoughts[b, : n[b]], free.loop.thoughts[b, : n[b]], atol=1e-5, rtol=0)
+
+    answers = halting.answer(examples)
+    unhalted = make(base, "slr", stages=T, **ALL_OFF).answer(examples)
+    for b, prediction in enumerate(answers):
+        alone = halting.answer([examples[b]])[0]
+        assert (prediction.text, len(prediction.thoughts)) == (alone.text, len(alone.thoughts))
+        assert prediction.forward_passes == 1 + n[b] + prediction.generated_tokens
+        if b not in stopped:
+            assert prediction.text == unhalted[b].text and prediction.forward_passes == unhalted[b].forward_passes
+
+
+def test_answer_counts_its_passes_and_eval_thoughts_sets_the_loop_length(base):
+    method = make(base, "coconut", c=2, stages=2)
+    for thoughts in (None, 0, 1):
+        method.config.eval_thoughts = thoughts
+        for prediction in method.answer(THREE[:3]):
+            assert len(prediction.thoughts) == (4 if thoughts is None else thoughts)
+            assert 1 <= prediction.generated_tokens <= 8
+            assert prediction.forward_passes == 1 + len(prediction.thoughts) + prediction.generated_tokens
+    sampled = make(base, "coconut", c=1, stages=2, decoding="self-consistency", samples=3).answer(THREE[:2])
+    assert all(p.forward_passes == 1 + 2 + p.generated_tokens and p.generated_tokens >= 3 for p in sampled)
+
+
+def test_loop_lora_and_the_other_extras_get_gradients_for_every_loop_index_used(base):
+    method = make(base, "slr", c=1, stages=3, steps_per_stage=1, halting="learned", distill_weight=1.0,
+                  timestep="concat")
+    lora = method.extras["loop_lora"]
+    assert lora.names and all(p in set(method.trainable_parameters()) for p in method.extras.parameters())
+    with torch.no_grad():
+        for b in lora.B:
+            b.normal_(std=0.05)  # B = 0 at init leaves A without gradient; move it so both show up
+    for step, used in [(1, 1), (3, 3)]:
+        method.model.zero_grad(set_to_none=True)
+        method.extras.zero_grad(set_to_none=True)
+        loss, metrics = method.loss(THREE[:4], step)
+        loss.backward()
+        assert metrics["thoughts"] == used and metrics["halt_bce"] > 0 and metrics["distill"] > 0
+        for a, b in zip(lora.A, lora.B):
+            for t in range(lora.loops):
+                assert bool(a.grad[t].abs().sum() > 0) == (t < used), (step, t)
+                assert bool(b.grad[t].abs().sum() > 0) == (t < used), (step, t)
+        for name in ("timestep", "halt_head"):
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.extras[name].parameters()), name
+        assert lora.active is None
+
+
+# ---- training and checkpoints --------------------------------------------------------------------
+
+
+def tiny_run(method, **overrides):
+    values = {"method": method, "task": "multiplication", "task_options": {"digits": 2}, "model": "tiny-5m",
+              "steps": 18, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "save_every": 0, "eval_size": 0,
+              "log_with": "none", "mixed_precision": "no", "max_new_tokens": 8}
+    if method != "cot":
+        values.update(c=1, stages=1, steps_per_stage=6)
+    values.update(overrides)
+    return make_run(values)
+
+
+def test_a_tiny_coconut_run_learns_within_every_stage(tmp_path):
+    run = tiny_run("coconut")
+    train = TWO[:8]  # one fixed batch: within each stage the loss on it must fall
+    method = build_method(run, texts_of(TWO))
+    history = Trainer(method, train, run.train, tmp_path, run.describe("test")).fit()
+    losses = [record["loss"] for record in history]
+    assert [record["stage"] for record in history] == [0.0] * 6 + [1.0] * 6 + [2.0] * 6
+    assert [record["thoughts"] for record in history[::6]] == [0.0, 1.0, 1.0]
+    for stage in range(3):
+        chunk = losses[stage * 6 : (stage + 1) * 6]
+        assert sum(chunk[-2:]) / 2 < sum(chunk[:2]) / 2, (stage, chunk)
+    assert losses[-1] < losses[0] / 2
+
+
+def test_slr_checkpoint_round_trip_keeps_its_extras_and_answers(tmp_path, base):
+    run = tiny_run("slr", steps=3, steps_per_stage=1, halting="learned", save_every=3)
+    method = build_method(run, texts_of(TWO))
+    Trainer(method, TWO[:8], run.train, tmp_path, run.describe("test")).fit()
+    folder = checkpoint.find(tmp_path / "checkpoint")
+    saved = checkpoint.read_extras(folder)
+    assert saved.keys() == method.extra_state().keys() and any("loop_lora" in key for key in saved)
+    assert any(float(t.abs().sum()) > 0 for key, t in saved.items() if key.startswith("loop_lora.B"))
+
+    reloaded = load_method(folder)
+    for key, tensor in method.extra_state().items():
+        torch.testing.assert_close(reloaded.extra_state()[key], tensor, atol=0, rtol=0, msg=key)
+    before, after = method.answer(TWO[20:24]), reloaded.answer(TWO[20:24])
+    assert [(p.text, p.forward_passes) for p in after] == [(p.text, p.forward_passes) for p in before]
+    for a, b in zip(after, before):
+        assert a.thoughts == pytest.approx(b.thoughts, abs=1e-3)
+
+    text = inspect(folder, TWO[20:22], top_k=3, png_path=tmp_path / "thoughts.png", overrides={"halting": "none"})
+    assert "thought 0" in text and "lm head" in text and "nearest" in text and (tmp_path / "thoughts.png").exists()
+    with pytest.raises(ValueError, match="a config key differs"):
+        make(base, "slr", stages=1, halting="learned", loop_lora_r=2).load_extra_state(saved)
+
+
+def test_a_cot_checkpoint_is_a_starting_point(tmp_path):
+    cot_run = tiny_run("cot")
+    cot = build_method(cot_run, texts_of(TWO))
+    checkpoint.write(tmp_path / "cot", cot, cot_run.describe("test"))
+    run = tiny_run("slr", init_from=str(tmp_path / "cot"), first_stage=1)
+    method = build_method(run, weights=run.method_config.init_from)  # what run.train does with init_from
+    for name, tensor in cot.model.state_dict().items():
+        torch.testing.assert_close(method.model.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
+    assert all(not b.detach().any() for b in method.extras["loop_lora"].B)  # extras start fresh
+    assert method.plans(TWO[:1], 0) == [Plan(1, 1, 1)]
+    loss, _ = method.loss(TWO[:4], 0)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("values, named, choice", [
+    ({"c": 0}, "c", None),
+    ({"mix_probability": 1.5}, "mix_probability", None),
+    ({"method": "slr", "timestep": "multiply"}, "timestep", "concat"),
+    ({"method": "slr", "halting": "sometimes"}, "halting", "learned"),
+    ({"method": "slr", "residual_mode": "last"}, "residual_mode", "initial"),
+    ({"timestep": "add"}, "timestep", None),  # a stabiliser is not a coconut key
+])
+def test_config_errors_name_the_key(values, named, choice):
+    base_values = {"method": "coconut", "task": "multiplication", "model": "tiny-5m"}
+    with pytest.raises(ConfigError, match=named) as error:
+        make_run({**base_values, **values})
+    if choice:
+        assert choice in str(error.value)
