@@ -1,0 +1,89 @@
+"""Accuracy benchmark: train each variant on generated data, score it on a held-out split, append result rows.
+
+    python bench/accuracy.py --task multiplication --task-option digits=4 \
+        --eval-data ../shared/data/icot-multiplication --eval-split valid \
+        --train-size 40000 --steps 700 --batch-size 64 --seeds 0 \
+        --variant cot=cot --variant no-cot=no-cot --out bench/results/baselines-multiplication-4x4.jsonl
+
+A variant is `label=method[:key=value,key=value]`; its keys are method (or trainer) config keys.
+Each row is DESIGN.md's result row plus train_seconds and the variant; `command` is this command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from latent_reasoning import tasks
+from latent_reasoning.evaluate import evaluate
+from latent_reasoning.run import make_run, train
+
+
+def parse_variant(text: str) -> tuple[str, str, dict]:
+    label, _, spec = text.partition("=")
+    method, _, options = spec.partition(":")
+    values = dict(pair.split("=", 1) for pair in options.split(",") if pair)
+    return label, method, {key: yaml.safe_load(value) for key, value in values.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--task-option", action="append", default=[], help="key=value task option")
+    parser.add_argument("--model", default="tiny-5m")
+    parser.add_argument("--eval-data", required=True, help="file or folder of the held-out split")
+    parser.add_argument("--eval-split", default="valid")
+    parser.add_argument("--eval-limit", type=int)
+    parser.add_argument("--train-size", type=int, default=20000)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seeds", default="0", help="comma-separated")
+    parser.add_argument("--variant", action="append", required=True, help="label=method[:key=value,...]")
+    parser.add_argument("--runs", default="runs/bench", help="where checkpoints go")
+    parser.add_argument("--out", required=True, help="jsonl file the rows are appended to")
+    args = parser.parse_args()
+
+    command = shlex.join(["python", "bench/accuracy.py", *sys.argv[1:]])
+    task_options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.task_option)}
+    task = tasks.get(args.task, **task_options)
+    held_out = task.load(split=args.eval_split, path=args.eval_data)[: args.eval_limit]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        train_examples = task.generate(args.train_size, seed=seed, exclude={e.question for e in held_out})
+        data = Path(args.runs) / f"{args.task}-train-seed{seed}.data"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        task.save(train_examples, data)
+        trained = {}
+        for label, method, options in map(parse_variant, args.variant):
+            reuse = options.pop("reuse", None)  # answer with another variant's model (e.g. cot-sc with cot's)
+            values = {"method": method, "task": args.task, "task_options": task_options, "model": args.model,
+                      "train_data": str(data), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                      "warmup_steps": max(args.steps // 20, 1), "save_every": 0, "eval_size": 0,
+                      "log_with": "none", "seed": seed, **options}
+            if reuse:
+                model, train_seconds = trained[reuse]
+                model.config = type(model.config)(**{**model.config.to_dict(), **options})
+            else:
+                started = time.perf_counter()
+                model, _ = train(make_run(values), Path(args.runs) / f"{args.task}-{label}-seed{seed}", command=command)
+                train_seconds = time.perf_counter() - started
+                trained[label] = (model, train_seconds)
+            summary = evaluate(model, held_out, batch_size=100,
+                               run={"task": args.task, "split": args.eval_split, "method": label, "model": args.model,
+                                    "seed": seed, "command": command})
+            summary.update(train_seconds=round(train_seconds, 1), steps=args.steps, batch_size=args.batch_size,
+                           train_size=args.train_size, variant=f"{method}:{options}")
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(summary) + "\n")
+            print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
