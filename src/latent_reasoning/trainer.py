@@ -198,7 +198,7 @@ class Trainer:
     def _diverged(self, step: int, loss: torch.Tensor):
         saved = checkpoint.find(self.out / "checkpoint")
         where = f"the last good checkpoint is {saved}" if saved else "no checkpoint had been written yet"
-        raise TrainingDiverged(f"loss became {float(loss)} at step {step + 1}; stopped ({where})")
+        raise TrainingDiverged(f"loss became {float(loss.detach())} at step {step + 1}; stopped ({where})")
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self, step: int, optimizer, scheduler) -> None:
