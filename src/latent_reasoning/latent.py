@@ -103,6 +103,8 @@ def _forward(model, x: torch.Tensor, mask: torch.Tensor, cache: Cache, hidden: b
         past_key_values=cache,
         use_cache=True,
         output_hidden_states=hidden,
+        # a pass run for its hidden state reads no logits: skip the LM head on all but one position
+        **({"logits_to_keep": 1} if hidden else {}),
     )
 
 
