@@ -20,16 +20,6 @@ THREE = tasks.get("multiplication", digits=3).generate(8, seed=0)  # 3 reasoning
 ALL_OFF = dict(timestep="none", loop_lora=False, residual=0.0, normalize=False, halting="none")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These loops are many small sequential passes: one intra-op thread is several times faster
-    than two whenever another process shares the two cores (OpenMP threads wait on each other)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def base():
     """A tiny random Llama and its word tokenizer, built once; each method gets a fresh copy."""

@@ -25,15 +25,6 @@ from latent_reasoning.run import build_method, make_run, texts_of
 from latent_reasoning.trainer import Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run many small forward passes: on a busy 2-core box one thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def task():
     return tasks.get("multiplication", digits=2)
