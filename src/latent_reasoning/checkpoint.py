@@ -86,10 +86,6 @@ def read_trainer_state(folder: Path, optimizer=None) -> dict[str, Any]:
     return state
 
 
-def python_rng_state() -> list:
-    return random.getstate()
-
-
 def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 

@@ -118,15 +118,11 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from . import checkpoint, tasks
+    from . import tasks
     from .evaluate import evaluate
-    from .run import load_examples, load_method, parse_overrides, run_of
+    from .run import build_method, check_answering_keys, find_run, load_examples, parse_overrides
 
-    found = checkpoint.find(Path(args.checkpoint))
-    if found is None:
-        raise FileNotFoundError(f"{args.checkpoint}: no checkpoint here (no config.yaml)")
-    run = run_of(found)
-    valid = type(run.method_config).keys()
+    found, run = find_run(args.checkpoint)
     overrides = parse_overrides(args.overrides)
     sweep_key, sweep_values = None, [None]
     if args.sweep:
@@ -134,13 +130,11 @@ def cmd_eval(args) -> int:
         sweep_values = [value for value in listed.split(",") if value]
         if not sweep_values:
             raise ConfigError(f"--sweep {args.sweep!r}: expected key=value1,value2,...")
-    for key in list(overrides) + ([sweep_key] if sweep_key else []):
-        if key not in valid:
-            raise ConfigError(f"unknown key {key!r} for method {run.method!r}; valid keys: {valid}")
+    check_answering_keys(run, list(overrides) + ([sweep_key] if sweep_key else []))
     same_task = not args.task or args.task == run.task
     task = tasks.get(args.task or run.task, **(run.task_options if same_task else {}))
     examples = load_examples(task, args.data, args.split, args.limit or 1000, args.seed)[: args.limit]
-    method = load_method(found)
+    method = build_method(run, weights=found)
     method.task = task
     trained = method.config.to_dict()
     summaries = []

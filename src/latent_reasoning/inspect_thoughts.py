@@ -145,19 +145,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import checkpoint, tasks
-    from .config import ConfigError
-    from .run import load_examples, parse_overrides, run_of
+    from . import tasks
+    from .run import check_answering_keys, find_run, load_examples, parse_overrides
 
-    found = checkpoint.find(Path(args.checkpoint))
-    if found is None:
-        raise FileNotFoundError(f"{args.checkpoint}: no checkpoint here (no config.yaml)")
-    saved = run_of(found)
+    found, saved = find_run(args.checkpoint)
     overrides = parse_overrides(args.overrides)
-    unknown = sorted(set(overrides) - set(type(saved.method_config).keys()))
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} for method {saved.method!r}; "
-                          f"valid keys: {type(saved.method_config).keys()}")
+    check_answering_keys(saved, overrides)
     task = tasks.get(saved.task, **saved.task_options)
     examples = load_examples(task, args.data, args.split, args.limit, args.seed)[: args.limit]
     print(inspect(found, examples, top_k=args.top_k, png_path=args.png, overrides=overrides))

@@ -79,8 +79,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-def make_run(values: dict[str, Any]) -> Run:
-    """Validate a flat mapping into a Run; any unknown key or bad value raises ConfigError naming it."""
+def make_run(values: dict[str, Any], check_model_name: bool = True) -> Run:
+    """Validate a flat mapping into a Run; any unknown key or bad value raises ConfigError naming it.
+
+    `check_model_name` resolves the model before any work; a run read back from a checkpoint skips it,
+    since the checkpoint holds its own weights (a LoRA one loads its base, which fails clearly there).
+    """
     values = dict(values)
     for key in ("method", "task", "model"):
         if not values.get(key):
@@ -101,7 +105,8 @@ def make_run(values: dict[str, Any]) -> Run:
             valid = sorted(set(RUN_KEYS).union(*(cls.keys() for cls in groups.values())))
             raise ConfigError(f"unknown key {key!r} for method {values['method']!r}; valid keys: {valid}")
         split[owner[0]][key] = value
-    check_model(values["model"])
+    if check_model_name:
+        check_model(values["model"])
     if values.get("lora") in (True, "true", "True") and values["model"] in backbones.PRESETS:
         raise ConfigError(f"lora=true needs a pretrained backbone; {values['model']!r} is a random tiny preset")
     task_options = dict(values.get("task_options") or {})
@@ -193,15 +198,25 @@ def train(run: Run, out: str | Path, resume: bool = False, command: str | None =
 
 def load_method(folder: str | Path):
     """Rebuild the Method saved in a checkpoint folder."""
+    found, run = find_run(folder)
+    return build_method(run, weights=found)
+
+
+def find_run(folder: str | Path) -> tuple[Path, Run]:
+    """The complete checkpoint at `folder` and the Run it was trained with (from its config.yaml)."""
     found = checkpoint.find(Path(folder))
     if found is None:
         raise FileNotFoundError(f"{folder}: no checkpoint here (no config.yaml)")
-    return build_method(run_of(found), weights=found)
+    saved = checkpoint.read_run(found)
+    run = make_run({"method": saved["method"], "task": saved["task"], "model": saved["model"],
+                    "task_options": saved.get("task_options") or {},
+                    **saved["data"], **saved["train"], **saved["method_config"]}, check_model_name=False)
+    return found, run
 
 
-def run_of(folder: str | Path) -> Run:
-    """The Run a checkpoint was trained with, from its config.yaml."""
-    saved = checkpoint.read_run(folder)
-    return make_run({"method": saved["method"], "task": saved["task"], "model": saved["model"],
-                     "task_options": saved.get("task_options") or {},
-                     **saved["data"], **saved["train"], **saved["method_config"]})
+def check_answering_keys(run: Run, keys) -> None:
+    """Keys changed at answer time (eval, inspect) must be the method's own config keys."""
+    valid = type(run.method_config).keys()
+    for key in keys:
+        if key not in valid:
+            raise ConfigError(f"unknown key {key!r} for method {run.method!r}; valid keys: {valid}")

@@ -97,6 +97,7 @@ class Trainer:
         )
         self.eval_examples: list[Example] = []
         self.history: list[dict[str, float]] = []
+        self._order_epoch, self._order_cache = -1, []  # the shuffled example order of one epoch
 
     # -- data ------------------------------------------------------------------------------------
     def examples_for(self, step: int, micro: int) -> list[Example]:
@@ -110,7 +111,7 @@ class Trainer:
         return batch
 
     def _order(self, epoch: int) -> list[int]:
-        if getattr(self, "_order_epoch", None) != epoch:
+        if self._order_epoch != epoch:
             generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
             self._order_cache = torch.randperm(len(self.train), generator=generator).tolist()
             self._order_epoch = epoch
@@ -205,7 +206,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return
-        state = {"step": step, "scheduler": scheduler.state_dict(), "python_rng": checkpoint.python_rng_state(),
+        state = {"step": step, "scheduler": scheduler.state_dict(), "python_rng": random.getstate(),
                  "history": self.history}
         checkpoint.write(self.out / "checkpoint", self.method, self.run, state, optimizer)
         self.accelerator.wait_for_everyone()
