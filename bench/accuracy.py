@@ -5,7 +5,9 @@
         --train-size 40000 --steps 700 --batch-size 64 --seeds 0 \
         --variant cot=cot --variant no-cot=no-cot --out bench/results/baselines-multiplication-4x4.jsonl
 
-A variant is `label=method[:key=value,key=value]`; its keys are method (or trainer) config keys.
+A variant is `label=method[:key=value,key=value]`; its keys are method (or trainer) config keys, plus
+`reuse=<label>` (answer with that variant's trained model, e.g. cot-sc with cot's) and `from=<label>`
+(start from that variant's checkpoint of the same seed: coconut from cot, latro from a CoT warm-up).
 Each row is DESIGN.md's result row plus train_seconds and the variant; `command` is this command line.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from latent_reasoning import tasks
+from latent_reasoning import methods, tasks
 from latent_reasoning.evaluate import evaluate
 from latent_reasoning.run import make_run, train
 
@@ -62,11 +64,15 @@ def main() -> None:
         task.save(train_examples, data)
         trained = {}
         for label, method, options in map(parse_variant, args.variant):
-            reuse = options.pop("reuse", None)  # answer with another variant's model (e.g. cot-sc with cot's)
+            reuse = options.pop("reuse", None)
+            start_from = options.pop("from", None)
             values = {"method": method, "task": args.task, "task_options": task_options, "model": args.model,
                       "train_data": str(data), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                       "warmup_steps": max(args.steps // 20, 1), "save_every": 0, "eval_size": 0,
                       "log_with": "none", "seed": seed, **options}
+            if start_from:  # coconut and slr have init_from; other methods load the checkpoint as their model
+                key = "init_from" if hasattr(methods.get(method).Config, "init_from") else "model"
+                values[key] = str(Path(args.runs) / f"{args.task}-{start_from}-seed{seed}" / "checkpoint")
             if reuse:
                 model, train_seconds = trained[reuse]
                 model.config = type(model.config)(**{**model.config.to_dict(), **options})
