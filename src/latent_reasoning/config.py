@@ -41,6 +41,8 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'}") from None
     if kind is str:
+        if value is None:  # e.g. YAML reads an unquoted "#..." as a comment, leaving nothing
+            raise ConfigError(f"{name}: no value (quote values that start with '#' in YAML)")
         return str(value)
     if typing.get_origin(kind) in (list, tuple):
         if isinstance(value, str):
