@@ -56,3 +56,15 @@ def test_train_help_lists_every_key_with_its_default(capsys):
     text = capsys.readouterr().out
     for key in ("steps=500", "lr=0.001", "decoding='greedy'", "train_size=10000", "save_every=100"):
         assert key in text
+
+
+def test_task_options_from_the_command_line_as_a_mapping_or_one_key_each(capsys):
+    from latent_reasoning.config import ConfigError
+    from latent_reasoning.run import parse_overrides
+
+    parsed = parse_overrides(["task_options={digits: 2}", "task.extra=3", "steps=5"])
+    assert parsed == {"task_options": {"digits": 2, "extra": 3}, "steps": "5"}
+    with pytest.raises(ConfigError, match="task_options"):
+        parse_overrides(["task_options=2"])
+    assert main(["train", "--out", "unused", "method=cot", "task=multiplication", "model=tiny-5m", "task_options=2"]) == 2
+    assert "task_options" in capsys.readouterr().err

@@ -66,7 +66,7 @@ def read_recipe(path: str | Path | None) -> dict[str, Any]:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings from the command line; `task.digits=5` sets a task option."""
+    """`key=value` strings from the command line; `task.digits=5` (or `task_options={digits: 5}`) sets task options."""
     values: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -74,6 +74,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, value = pair.split("=", 1)
         if key.startswith("task."):
             values.setdefault("task_options", {})[key[5:]] = yaml.safe_load(value)
+        elif key == "task_options":
+            options = yaml.safe_load(value)
+            if not isinstance(options, dict):
+                raise ConfigError(f"task_options={value!r}: expected a mapping such as {{digits: 2}}, or task.KEY=VALUE")
+            values.setdefault("task_options", {}).update(options)
         else:
             values[key] = value
     return values
