@@ -35,6 +35,18 @@ def test_train_then_eval_with_a_sweep(tmp_path, capsys):
     assert short["generated_tokens"] <= 2 < long["generated_tokens"] <= 6
     assert (tmp_path / "ev" / "results.png").exists()
 
+    # The same weights read as a plain model (a base model of a comparison) answer the same.
+    assert main(["eval", "--model", str(run / "checkpoint"), "--task", "multiplication", "--data", str(data),
+                 "--out", str(tmp_path / "as-model"), "task.digits=2", "max_new_tokens=6"]) == 0
+    as_model = json.loads((tmp_path / "as-model" / "summary.json").read_text())
+    assert {k: as_model[k] for k in ("n", "accuracy", "generated_tokens")} == \
+           {k: long[k] for k in ("n", "accuracy", "generated_tokens")}
+    read = [json.loads(line)["text"] for line in open(tmp_path / "as-model" / "predictions.jsonl")]
+    assert read == [json.loads(line)["text"] for line in open(tmp_path / "ev" / "max_new_tokens=6" / "predictions.jsonl")]
+    capsys.readouterr()
+    assert main(["eval", "--model", str(run / "checkpoint"), "--out", str(tmp_path / "x")]) == 2
+    assert "--task" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("arguments, named", [
     (["--method", "cott"], "cott"),

@@ -45,10 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(default: off)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config keys (listed below)")
 
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint", formatter_class=formatter,
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint or an untrained model", formatter_class=formatter,
                                    epilog="key=value overrides change the method's answering config, "
                                           "e.g. decoding=self-consistency samples=8 max_new_tokens=64")
-    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint folder (run/checkpoint)")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint folder (run/checkpoint)")
+    source.add_argument("--model", help="instead of a checkpoint, a model as it is (e.g. smollm2-135m-instruct or a "
+                                        "hub id): the base model of a comparison; needs --task")
+    evaluate.add_argument("--method", default="cot", help="with --model: the method whose answering is used, e.g. "
+                                                          "latro to read the answer after its stop string (default: cot)")
     evaluate.add_argument("--task", help="task to score on (default: the checkpoint's task)")
     evaluate.add_argument("--data", help="file or folder to read examples from (default: the hub, or generated "
                                          "examples with --seed for generated tasks)")
@@ -120,10 +125,17 @@ def cmd_eval(args) -> int:
 
     from . import tasks
     from .evaluate import evaluate
-    from .run import build_method, check_answering_keys, find_run, load_examples, parse_overrides
+    from .run import build_method, check_answering_keys, find_run, load_examples, make_run, parse_overrides
 
-    found, run = find_run(args.checkpoint)
     overrides = parse_overrides(args.overrides)
+    if args.checkpoint:
+        found, run = find_run(args.checkpoint)
+    elif not args.task:
+        raise ConfigError("--model needs --task: an untrained model has no task of its own")
+    else:
+        task_options = overrides.pop("task_options", {})  # task.digits=2: options of the task scored on
+        found, run = None, make_run({"method": args.method, "task": args.task, "model": args.model,
+                                     "task_options": task_options})
     sweep_key, sweep_values = None, [None]
     if args.sweep:
         sweep_key, _, listed = args.sweep.partition("=")
