@@ -46,8 +46,7 @@ def run_latro(args) -> dict:
     from latent_reasoning.run import build_method, make_run
 
     run = make_run({"method": "latro", "task": "gsm8k", "model": args.model, "lora": False, "seed": 0,
-                    "rollouts": args.k, "rationale_tokens": args.tokens, "beta": 0.05, "rollout_temperature": 1.0,
-                    "lr": 1e-6, "mixed_precision": "no"})
+                    "rollouts": args.k, "rationale_tokens": args.tokens, "beta": 0.05, "rollout_temperature": 1.0})
     method = build_method(run)
     method.model.train()
     optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-6)
