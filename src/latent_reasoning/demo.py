@@ -23,8 +23,8 @@ QUICK = {"train_size": 1000, "eval_n": 40, "steps": 40, "batch_size": 16, "steps
 
 # (label, method trained, extra keys, model it starts from / answers with)
 # cot-sc answers with the cot model; coconut and slr train from the cot checkpoint (stages 1 and 2);
-# latro fine-tunes the cot model on its own sampled rationales, at the small budget and low learning
-# rate that keeps it from losing accuracy here (bench/results/latro-multiplication-2x2-lr1e-5.jsonl).
+# latro fine-tunes the cot model on its own sampled rationales, at the small budget and the lowest learning
+# rate tried, which lost the least accuracy (bench/results/latro-multiplication-2x2-lr1e-5.jsonl).
 LATENT = {"first_stage": 1, "stages": 2, "c": 1}
 LATRO = {"batch_size": 8, "lr": 1e-5, "rollouts": 8, "rationale_tokens": 24, "lora": False}
 METHODS = [
