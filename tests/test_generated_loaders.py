@@ -1,6 +1,7 @@
 """Loaders of multiplication, ProsQA and ProntoQA: fixtures, official files, bad data, round trips, grading."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,25 @@ def test_prosqa_fixture_keeps_the_graph_in_meta():
     assert first.steps == ["Tom is a terpus.", "Every terpus is a brimpus.", "Every brimpus is a lempus."]
     assert first.question.endswith("Is Tom a lempus or scrompus?")
     assert set(first.meta) == COCONUT_META
+
+
+def test_prosqa_pairs_write_each_fact_as_its_two_symbols_and_grade_the_same():
+    sentences = tasks.get("prosqa").load(path=FIXTURES / "prosqa_valid.json")
+    task = tasks.get("prosqa", facts="pairs")
+    pairs = task.load(path=FIXTURES / "prosqa_valid.json")
+    first = pairs[0]
+    assert first.steps == ["Tom terpus.", "terpus brimpus.", "brimpus lempus."]
+    assert first.answer == "Tom is a lempus." and first.meta == sentences[0].meta
+    for example, original in zip(pairs, sentences):
+        facts, question = example.question.rsplit(". ", 1)
+        assert question == original.question.rsplit(". ", 1)[1]  # "Is Tom a lempus or scrompus?"
+        assert all(re.fullmatch(r"\w+ \w+", fact) for fact in facts.split(". "))
+        assert len(facts.split(". ")) == len(example.meta["edges"])
+        assert task.render(example) == example
+    assert task.grade("terpus brimpus.\n#### Tom is a lempus.", first)
+    assert not task.grade("#### Tom is a scrompus.", first)
+    with pytest.raises(ValueError, match="'edges'"):
+        tasks.get("prosqa", facts="edges")
     assert (first.meta["root"], first.meta["target"], first.meta["neg_target"]) == (1, 16, 13)
 
 

@@ -17,7 +17,8 @@ from latent_reasoning.tasks import Example, multiplication, prontoqa, prosqa
 from latent_reasoning.tasks.exclusions import official_hashes, question_hash
 from latent_reasoning.tasks.exclusions.__main__ import SOURCES, hashes_of
 
-GENERATED = [("multiplication", {"digits": 4}), ("multiplication", {"digits": 5}), ("prosqa", {}), ("prontoqa", {})]
+GENERATED = [("multiplication", {"digits": 4}), ("multiplication", {"digits": 5}), ("prosqa", {}),
+             ("prosqa", {"facts": "pairs"}), ("prontoqa", {})]
 N = 2000
 
 
@@ -98,6 +99,13 @@ def test_generate_skips_a_question_whose_hash_is_listed(monkeypatch, module, nam
     again = task.generate(5, seed=7)
     assert unlisted[2].question not in {e.question for e in again}
     assert again[:2] == unlisted[:2]
+
+
+def test_prosqa_pairs_are_the_sentence_problems_rewritten_so_the_official_ones_stay_out():
+    sentences = tasks.get("prosqa").generate(50, seed=4)
+    pairs = tasks.get("prosqa", facts="pairs").generate(50, seed=4)
+    assert pairs == [tasks.get("prosqa", facts="pairs").render(e) for e in sentences]
+    assert all(p.question != s.question and p.answer == s.answer for p, s in zip(pairs, sentences))
 
 
 @pytest.mark.parametrize("hash_list", sorted(SOURCES))

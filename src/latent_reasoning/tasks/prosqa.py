@@ -14,6 +14,12 @@ steps are a shortest path from the person `root` to the concept `target`; `neg_t
 option, cannot be reached from `root`. Fields other than question, steps and answer go to
 Example.meta. ProntoQA's COCONUT files use the same layout, so prontoqa.py reuses the reader here.
 
+`ProsQA(facts="pairs")` writes every fact of the question and of the steps as its two symbols
+("Every terpus is a brimpus." -> "terpus brimpus.", "Tom is a terpus." -> "Tom terpus."), about
+half the tokens. That is the compact edge-list form in which the COCONUT authors train models from
+scratch on ProsQA (Zhu et al. 2025, arXiv 2505.12514); a model without language pretraining gains
+nothing from the filler words. The final question and the answer stay sentences, so grading is the same.
+
 The generator is written from the construction the COCONUT paper describes in words, with its
 parameters fitted to the 300 official valid problems; tests/test_generators.py checks the fit.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections import deque
 from pathlib import Path
 
@@ -49,14 +56,28 @@ ONLY_FIRST, ONLY_SECOND = 0.33, 0.45  # chance a new node is confined to node 0'
 DEPTH_WEIGHT = 1.5  # a candidate parent d edges below a person is drawn with weight 1 + 1.5 d: longer chains
 MIN_HOPS, MAX_HOPS = 3, 6  # the range of gold path lengths in the official problems
 
+FACT_SENTENCE = re.compile(r"\b(?:Every )?(\w+) is a (\w+)\.")
+
 
 class ProsQA(Task):
     name = "prosqa"
     splits = {"train": "prosqa_train.json", "valid": "prosqa_valid.json", "test": "prosqa_test.json"}
     hub_id = None  # COCONUT publishes ProsQA only in its GitHub repository
 
+    def __init__(self, facts: str = "sentences"):
+        if facts not in ("sentences", "pairs"):
+            raise ValueError(f"prosqa facts must be 'sentences' or 'pairs', got {facts!r}")
+        self.facts = facts
+
     def parse_file(self, path: Path, skip_bad: bool = False) -> list[Example]:
-        return read_json_array(path, parse_record, skip_bad)
+        return [self.render(example) for example in read_json_array(path, parse_record, skip_bad)]
+
+    def render(self, example: Example) -> Example:
+        """`example` with its facts written as `self.facts` says; rendering twice changes nothing."""
+        if self.facts == "sentences":
+            return example
+        pairs = [FACT_SENTENCE.sub(r"\1 \2.", text) for text in [example.question, *example.steps]]
+        return Example(pairs[0], pairs[1:], example.answer, example.meta)
 
     def grade(self, text: str, example: Example) -> bool:
         from .answers import match_entity
@@ -66,7 +87,7 @@ class ProsQA(Task):
     def generate(self, n: int, seed: int, exclude: set[str] | None = None) -> list[Example]:
         """`n` distinct problems, none with a question in `exclude` or in the official valid split."""
         rng = random.Random(seed)
-        return distinct_examples(lambda: make_problem(rng), n, exclude, official_hashes("prosqa_valid"))
+        return distinct_examples(lambda: make_problem(rng), n, exclude, official_hashes("prosqa_valid"), self.render)
 
     def save(self, examples: list[Example], path: str | Path) -> None:
         save_records(examples, path, ("question", "answer", "steps"))

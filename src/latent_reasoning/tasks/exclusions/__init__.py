@@ -30,18 +30,23 @@ def official_hashes(name: str) -> frozenset[str]:
 
 
 def distinct_examples(
-    make: Callable[[], Example], n: int, exclude: set[str] | None, official: frozenset[str]
+    make: Callable[[], Example],
+    n: int,
+    exclude: set[str] | None,
+    official: frozenset[str],
+    render: Callable[[Example], Example] = lambda example: example,
 ) -> list[Example]:
-    """`n` examples from `make()` with pairwise different questions, none in `exclude` and none
-    whose hash is in `official`."""
+    """`n` examples `render(make())` with pairwise different questions, none in `exclude` and none
+    made from a question whose hash is in `official` (the hashes are of the official wording)."""
     exclude = exclude or set()
     seen: set[str] = set()
     examples: list[Example] = []
     rejected = 0
     while len(examples) < n:
-        example = make()
+        made = make()
+        example = render(made)
         question = example.question
-        if question in seen or question in exclude or question_hash(question) in official:
+        if question in seen or question in exclude or question_hash(made.question) in official:
             rejected += 1
             # A small question space (e.g. 1-digit multiplication) cannot yield n new questions.
             if rejected > 1000 + 10 * n:
