@@ -1,13 +1,19 @@
 """Per-digit accuracy of multiplication answers: how close wrong answers come, from `latent eval` predictions.
 
     python bench/digit_accuracy.py runs/eval4/no-cot/predictions.jsonl runs/eval4/coconut/predictions.jsonl
+    python bench/digit_accuracy.py --data ../shared/data/icot-multiplication/4_by_4_mult/valid.txt runs/eval4/cot/predictions.jsonl
 
 Answers are iCoT-style digits, least significant first, separated by spaces; position i of the
 prediction is compared with position i of the gold answer (a missing digit counts as wrong).
+With --data (the file the predictions were scored on), CoT predictions also get the share of
+questions whose generated line i equals gold step i, for each step.
 """
 
+import argparse
 import json
-import sys
+from pathlib import Path
+
+from latent_reasoning.tasks.multiplication import Multiplication
 
 
 def digit_accuracy(rows: list[dict]) -> list[float]:
@@ -20,10 +26,31 @@ def digit_accuracy(rows: list[dict]) -> list[float]:
     return [hit / len(rows) for hit in hits]
 
 
+def step_accuracy(rows: list[dict], gold_steps: dict[str, list[str]]) -> list[float]:
+    width = max(len(steps) for steps in gold_steps.values())
+    hits = [0] * width
+    for row in rows:
+        lines = [line.strip() for line in row["text"].split("\n")]
+        for i, step in enumerate(gold_steps[row["question"]]):
+            hits[i] += i < len(lines) and lines[i] == step
+    return [hit / len(rows) for hit in hits]
+
+
 if __name__ == "__main__":
-    for path in sys.argv[1:]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("predictions", nargs="+", help="predictions.jsonl files of `latent eval`")
+    parser.add_argument("--data", help="the multiplication file scored on, to check CoT lines against gold steps")
+    args = parser.parse_args()
+    gold_steps = None
+    if args.data:
+        examples = Multiplication(4).parse_file(Path(args.data))
+        gold_steps = {example.question: example.steps for example in examples}
+    for path in args.predictions:
         rows = [json.loads(line) for line in open(path)]
         per_position = digit_accuracy(rows)
         exact = sum(row["correct"] for row in rows) / len(rows)
-        print(f"{path}: exact {exact:.1%}, per digit {sum(per_position) / len(per_position):.1%}, "
-              f"by position (least significant first) {' '.join(f'{p:.2f}' for p in per_position)}")
+        line = (f"{path}: exact {exact:.1%}, per digit {sum(per_position) / len(per_position):.1%}, "
+                f"by position (least significant first) {' '.join(f'{p:.2f}' for p in per_position)}")
+        if gold_steps:
+            line += f", CoT lines equal to gold steps {' '.join(f'{p:.2f}' for p in step_accuracy(rows, gold_steps))}"
+        print(line)
