@@ -5,8 +5,11 @@
 
 Answers are iCoT-style digits, least significant first, separated by spaces; position i of the
 prediction is compared with position i of the gold answer (a missing digit counts as wrong).
-With --data (the file the predictions were scored on), CoT predictions also get the share of
-questions whose generated line i equals gold step i, for each step.
+With --data (the file the predictions were scored on), predictions that write steps also get, for
+each gold step, the share of questions whose line for it equals it, and the share whose partial
+product (the line before its running sum in parentheses) equals the gold one. The written lines are
+matched to the last gold steps: a coconut model at stage k writes steps k+1 .. m ("-" marks the
+steps it made latent).
 """
 
 import argparse
@@ -26,14 +29,27 @@ def digit_accuracy(rows: list[dict]) -> list[float]:
     return [hit / len(rows) for hit in hits]
 
 
-def step_accuracy(rows: list[dict], gold_steps: dict[str, list[str]]) -> list[float]:
+def step_accuracy(rows: list[dict], gold_steps: dict[str, list[str]], part=lambda line: line) -> list:
+    """Per gold step: the share of rows whose matching written line agrees under `part`; None if no
+    row wrote that step."""
     width = max(len(steps) for steps in gold_steps.values())
-    hits = [0] * width
+    hits, written = [0] * width, [0] * width
     for row in rows:
-        lines = [line.strip() for line in row["text"].split("\n")]
-        for i, step in enumerate(gold_steps[row["question"]]):
-            hits[i] += i < len(lines) and lines[i] == step
-    return [hit / len(rows) for hit in hits]
+        lines = [line.strip() for line in row["text"].split("\n") if line.strip() and not line.startswith("####")]
+        steps = gold_steps[row["question"]]
+        offset = len(steps) - len(lines)  # the steps before `offset` were not written
+        for i, step in enumerate(steps[max(offset, 0):], start=max(offset, 0)):
+            written[i] += 1
+            hits[i] += part(lines[i - offset]) == part(step)
+    return [hit / len(rows) if count else None for hit, count in zip(hits, written)]
+
+
+def partial_product(line: str) -> str:
+    return line.split("(")[0].strip()
+
+
+def shares(values: list) -> str:
+    return " ".join("-" if value is None else f"{value:.2f}" for value in values)
 
 
 if __name__ == "__main__":
@@ -52,5 +68,6 @@ if __name__ == "__main__":
         line = (f"{path}: exact {exact:.1%}, per digit {sum(per_position) / len(per_position):.1%}, "
                 f"by position (least significant first) {' '.join(f'{p:.2f}' for p in per_position)}")
         if gold_steps:
-            line += f", CoT lines equal to gold steps {' '.join(f'{p:.2f}' for p in step_accuracy(rows, gold_steps))}"
+            line += (f", CoT lines equal to gold steps {shares(step_accuracy(rows, gold_steps))}"
+                     f", partial products {shares(step_accuracy(rows, gold_steps, partial_product))}")
         print(line)

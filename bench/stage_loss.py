@@ -1,0 +1,96 @@
+"""How well a checkpoint predicts each gold line under each coconut stage's layout, teacher-forced.
+
+    python bench/stage_loss.py --checkpoint runs/bench-4x4/multiplication-cot-seed0/checkpoint \\
+        --data ../shared/data/icot-multiplication/4_by_4_mult/valid.txt --split valid --stages 0,1,2 --limit 64
+
+Layouts: "cot" is the CoT method's own sequence, question \\n steps \\n #### answer; stage k is
+coconut's, question \\n <bot> [k c thoughts] <eot> steps k+1 .. m \\n #### answer (the checkpoint's
+own thoughts fed back; a checkpoint of another method is read as coconut with default options).
+For each layout: the mean cross-entropy (nats per token) over the scored tokens, and per gold line
+(steps, then the answer line) the mean over that line's tokens, the line's newline included.
+A CoT model that has learned the task is near 0 on its own layout; what it loses at stage 0 (two
+marker tokens added, nothing else changed) and stage k is what the curriculum has to relearn.
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from latent_reasoning import checkpoint, tasks
+from latent_reasoning.latent import extend
+from latent_reasoning.methods.base import chain_text, prompt_text
+from latent_reasoning.run import build_method, find_run, make_run
+
+
+def line_losses(token_ce: torch.Tensor, ids: torch.Tensor, newline: int) -> list[float]:
+    """Mean of token_ce [N] per line of the scored ids [N] (a line ends with its newline token)."""
+    line_of = torch.cat([torch.zeros(1, dtype=torch.long), (ids == newline).long().cumsum(0)[:-1]])
+    return [float(token_ce[line_of == i].mean()) for i in range(int(line_of.max()) + 1)]
+
+
+@torch.no_grad()
+def cot_layout(method, examples) -> tuple[float, list[list[float]]]:
+    tokenizer, model = method.tokenizer, method.model
+    newline = tokenizer.convert_tokens_to_ids("\n")
+    total, count, lines = 0.0, 0, []
+    for example in examples:
+        prompt = tokenizer(prompt_text(example), add_special_tokens=False)["input_ids"]
+        target = tokenizer(chain_text(example), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + target], device=method.device)
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        ce = F.cross_entropy(logits.float(), ids[0, len(prompt):], reduction="none").cpu()
+        total, count = total + float(ce.sum()), count + len(ce)
+        lines.append(line_losses(ce, torch.tensor(target), newline))
+    return total / count, lines
+
+
+@torch.no_grad()
+def stage_layout(method, examples, stage: int) -> tuple[float, list[list[float]]]:
+    plans = [method.plan(example, stage) for example in examples]
+    batch = method.encode(examples, plans)
+    device = method.device
+    thinking = method.run_loop(batch.prompt_ids.to(device), batch.prompt_mask.to(device),
+                               batch.n_thoughts.to(device), training=False)
+    logits, _ = extend(method.model, thinking.loop, batch.continuation_ids.to(device),
+                       batch.continuation_mask.to(device))
+    labels = batch.labels[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float().cpu(), labels, ignore_index=-100, reduction="none")
+    scored = labels != -100
+    newline = method.tokenizer.convert_tokens_to_ids("\n")
+    lines = [line_losses(ce[b][scored[b]], labels[b][scored[b]], newline) for b in range(len(examples))]
+    return float(ce[scored].mean()), lines
+
+
+def mean_by_line(lines: list[list[float]], first_line: int) -> str:
+    width = max(map(len, lines))
+    means = [sum(row[i] for row in lines if i < len(row)) / sum(i < len(row) for row in lines) for i in range(width)]
+    return " ".join(["-"] * first_line + [f"{m:.2f}" for m in means])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True, help="file or folder of examples")
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--stages", default="0,1", help="comma-separated coconut stages")
+    parser.add_argument("--limit", type=int, default=64)
+    args = parser.parse_args()
+
+    found, run = find_run(args.checkpoint)
+    trained_as = run.method
+    if run.method not in ("coconut", "slr"):
+        run = make_run({"method": "coconut", "task": run.task, "model": run.model, "task_options": run.task_options},
+                       check_model_name=False)
+    method = build_method(run, weights=found)
+    method.model.eval()
+    task = tasks.get(run.task, **run.task_options)
+    examples = task.load(split=args.split, path=args.data)[: args.limit]
+    print(f"{args.checkpoint} (trained as {trained_as}), {len(examples)} {args.split} examples; "
+          "nats per token, then by gold line (steps, answer; '-' = latent)")
+    mean, lines = cot_layout(method, examples)
+    print(f"layout cot: {mean:.3f} | {mean_by_line(lines, 0)}")
+    for stage in (int(s) for s in args.stages.split(",")):
+        mean, lines = stage_layout(method, examples, stage)
+        latent = method.plan(examples[0], stage).latent_steps
+        print(f"layout stage {stage}: {mean:.3f} | {mean_by_line(lines, latent)}")
