@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from latent_reasoning import checkpoint, tasks
-from latent_reasoning.latent import extend
 from latent_reasoning.methods.base import chain_text, prompt_text
 from latent_reasoning.run import build_method, find_run, make_run
 
@@ -47,13 +46,7 @@ def cot_layout(method, examples) -> tuple[float, list[list[float]]]:
 
 @torch.no_grad()
 def stage_layout(method, examples, stage: int) -> tuple[float, list[list[float]]]:
-    plans = [method.plan(example, stage) for example in examples]
-    batch = method.encode(examples, plans)
-    device = method.device
-    thinking = method.run_loop(batch.prompt_ids.to(device), batch.prompt_mask.to(device),
-                               batch.n_thoughts.to(device), training=False)
-    logits, _ = extend(method.model, thinking.loop, batch.continuation_ids.to(device),
-                       batch.continuation_mask.to(device))
+    batch, _, logits = method.read(examples, [method.plan(example, stage) for example in examples], training=False)
     labels = batch.labels[:, 1:]
     ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float().cpu(), labels, ignore_index=-100, reduction="none")
     scored = labels != -100

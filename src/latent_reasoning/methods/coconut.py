@@ -342,16 +342,22 @@ class Coconut(Method):
         return Thinking(loop, capture.stacked())
 
     # -- training ----------------------------------------------------------------------------------
-    def loss(self, examples: list[Example], step: int):
+    def read(self, examples: list[Example], plans: list[Plan], training: bool):
+        """Teacher-forced pass over each example's layout under its plan: question <bot> [thoughts] <eot>
+        continuation. Returns the batch, the thinking and the continuation logits."""
         self._extras_on_device()
-        plans = self.plans(examples, step)
         batch = self.encode(examples, plans)
         device = self.device
         thinking = self.run_loop(batch.prompt_ids.to(device), batch.prompt_mask.to(device),
-                                 batch.n_thoughts.to(device), training=True)
+                                 batch.n_thoughts.to(device), training=training)
         logits, _ = extend(self.model, thinking.loop, batch.continuation_ids.to(device),
                            batch.continuation_mask.to(device))
-        labels = batch.labels.to(device)
+        return batch, thinking, logits
+
+    def loss(self, examples: list[Example], step: int):
+        plans = self.plans(examples, step)
+        batch, thinking, logits = self.read(examples, plans, training=True)
+        labels = batch.labels.to(self.device)
         ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         extra, metrics = self.extra_losses(examples, plans, batch, thinking)
         metrics.update({
