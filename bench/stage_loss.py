@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from latent_reasoning import checkpoint, tasks
-from latent_reasoning.methods.base import chain_text, prompt_text
+from latent_reasoning.methods.base import chain_text, encode_pairs, prompt_text
 from latent_reasoning.run import build_method, find_run, make_run
 
 
@@ -28,31 +28,29 @@ def line_losses(token_ce: torch.Tensor, ids: torch.Tensor, newline: int) -> list
     return [float(token_ce[line_of == i].mean()) for i in range(int(line_of.max()) + 1)]
 
 
+def scored_losses(logits: torch.Tensor, labels: torch.Tensor, newline: int) -> tuple[float, list[list[float]]]:
+    """logits[:, i] scored against labels[:, i + 1]: the mean over scored tokens, and per row its line means."""
+    labels = labels[:, 1:].cpu()
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float().cpu(), labels, ignore_index=-100, reduction="none")
+    scored = labels != -100
+    lines = [line_losses(ce[b][scored[b]], labels[b][scored[b]], newline) for b in range(len(labels))]
+    return float(ce[scored].mean()), lines
+
+
 @torch.no_grad()
 def cot_layout(method, examples) -> tuple[float, list[list[float]]]:
-    tokenizer, model = method.tokenizer, method.model
-    newline = tokenizer.convert_tokens_to_ids("\n")
-    total, count, lines = 0.0, 0, []
-    for example in examples:
-        prompt = tokenizer(prompt_text(example), add_special_tokens=False)["input_ids"]
-        target = tokenizer(chain_text(example), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = torch.tensor([prompt + target], device=method.device)
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
-        ce = F.cross_entropy(logits.float(), ids[0, len(prompt):], reduction="none").cpu()
-        total, count = total + float(ce.sum()), count + len(ce)
-        lines.append(line_losses(ce, torch.tensor(target), newline))
-    return total / count, lines
+    """The CoT method's own encoding (encode_pairs), in one batch."""
+    batch = encode_pairs(method.tokenizer, [prompt_text(e) for e in examples], [chain_text(e) for e in examples],
+                         method.config.max_length)
+    logits = method.model(input_ids=batch.input_ids.to(method.device),
+                          attention_mask=batch.attention_mask.to(method.device)).logits
+    return scored_losses(logits, batch.labels, method.tokenizer.convert_tokens_to_ids("\n"))
 
 
 @torch.no_grad()
 def stage_layout(method, examples, stage: int) -> tuple[float, list[list[float]]]:
     batch, _, logits = method.read(examples, [method.plan(example, stage) for example in examples], training=False)
-    labels = batch.labels[:, 1:]
-    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float().cpu(), labels, ignore_index=-100, reduction="none")
-    scored = labels != -100
-    newline = method.tokenizer.convert_tokens_to_ids("\n")
-    lines = [line_losses(ce[b][scored[b]], labels[b][scored[b]], newline) for b in range(len(examples))]
-    return float(ce[scored].mean()), lines
+    return scored_losses(logits, batch.labels, method.tokenizer.convert_tokens_to_ids("\n"))
 
 
 def mean_by_line(lines: list[list[float]], first_line: int) -> str:
