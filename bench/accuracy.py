@@ -9,6 +9,10 @@ A variant is `label=method[:key=value,key=value]`; its keys are method (or train
 `reuse=<label>` (answer with that variant's trained model, e.g. cot-sc with cot's) and `from=<label>`
 (start from that variant's checkpoint of the same seed: coconut from cot, latro from a CoT warm-up).
 Each row is DESIGN.md's result row plus train_seconds and the variant; `command` is this command line.
+
+With --resume, a variant whose run folder already holds a checkpoint continues from it (pass
+save_every=N in the variant so that a long run killed midway leaves one); train_seconds is then the
+training time summed over the processes that trained it.
 """
 
 from __future__ import annotations
@@ -17,12 +21,11 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-from latent_reasoning import methods, tasks
+from latent_reasoning import checkpoint, methods, tasks
 from latent_reasoning.evaluate import evaluate
 from latent_reasoning.run import make_run, train
 
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", required=True, help="label=method[:key=value,...]")
     parser.add_argument("--runs", default="runs/bench", help="where checkpoints go")
     parser.add_argument("--out", required=True, help="jsonl file the rows are appended to")
+    parser.add_argument("--resume", action="store_true", help="continue variants whose run folder has a checkpoint")
     args = parser.parse_args()
 
     command = shlex.join(["python", "bench/accuracy.py", *sys.argv[1:]])
@@ -77,9 +81,10 @@ def main() -> None:
                 model, train_seconds = trained[reuse]
                 model.config = type(model.config)(**{**model.config.to_dict(), **options})
             else:
-                started = time.perf_counter()
-                model, _ = train(make_run(values), Path(args.runs) / f"{args.task}-{label}-seed{seed}", command=command)
-                train_seconds = time.perf_counter() - started
+                out = Path(args.runs) / f"{args.task}-{label}-seed{seed}"
+                resume = args.resume and checkpoint.find(out / "checkpoint") is not None
+                model, history = train(make_run(values), out, resume=resume, command=command)
+                train_seconds = history[-1]["seconds"]
                 trained[label] = (model, train_seconds)
             summary = evaluate(model, held_out, batch_size=100,
                                run={"task": args.task, "split": args.eval_split, "method": label, "model": args.model,

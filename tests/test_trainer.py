@@ -52,8 +52,14 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, examples):
     saved = checkpoint.find(tmp_path / "killed" / "checkpoint")
     assert json.loads((saved / "trainer_state.json").read_text())["step"] == 4
 
+    state = json.loads((saved / "trainer_state.json").read_text())
+    state["history"][-1]["seconds"] = 1000.0  # as if the first four steps had taken 1000 s
+    (saved / "trainer_state.json").write_text(json.dumps(state))
+
     resumed = build_method(run, weights=saved)
-    Trainer(resumed, examples, run.train, tmp_path / "killed", run.describe("test")).fit(resume=True)
+    history = Trainer(resumed, examples, run.train, tmp_path / "killed", run.describe("test")).fit(resume=True)
+    assert [record["step"] for record in history] == list(range(1, run.train.steps + 1))
+    assert all(record["seconds"] >= 1000.0 for record in history[4:])  # training time adds up across the resume
     expected, got = weights(whole), weights(resumed)
     assert expected.keys() == got.keys()
     for name in expected:

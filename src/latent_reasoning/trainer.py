@@ -133,7 +133,9 @@ class Trainer:
 
         progress = tqdm(range(start, config.steps), initial=start, total=config.steps,
                         disable=not accelerator.is_main_process, desc=f"train {method.name}", dynamic_ncols=True)
+        # seconds counts training time across resumed runs, so a run split over sessions reports its total
         tokens_seen, started = 0.0, time.perf_counter()
+        seconds_before = self.history[-1].get("seconds", 0.0) if self.history else 0.0
         for step in progress:
             if method.on_step(step):
                 optimizer.state.clear()  # a new curriculum stage starts from fresh AdamW moments (as COCONUT does)
@@ -154,9 +156,10 @@ class Trainer:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            record = {"step": step + 1, "loss": total, "lr": scheduler.get_last_lr()[0]}
-            record.update({k: float(v) for k, v in metrics.items() if k != "tokens"})
             elapsed = time.perf_counter() - started
+            record = {"step": step + 1, "loss": total, "lr": scheduler.get_last_lr()[0],
+                      "seconds": round(seconds_before + elapsed, 1)}
+            record.update({k: float(v) for k, v in metrics.items() if k != "tokens"})
             progress.set_postfix(loss=f"{total:.4f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
             done = step + 1 == config.steps
             if (config.eval_every and (step + 1) % config.eval_every == 0) or done:
