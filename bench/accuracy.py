@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -65,7 +66,10 @@ def main() -> None:
         train_examples = task.generate(args.train_size, seed=seed, exclude={e.question for e in held_out})
         data = Path(args.runs) / f"{args.task}-train-seed{seed}.data"
         data.parent.mkdir(parents=True, exist_ok=True)
-        task.save(train_examples, data)
+        # written whole and then renamed: processes sharing --runs and a seed never read a half-written file
+        partial = data.with_name(f"{data.name}.{os.getpid()}.partial")
+        task.save(train_examples, partial)
+        os.replace(partial, data)
         trained = {}
         for label, method, options in map(parse_variant, args.variant):
             reuse = options.pop("reuse", None)
