@@ -81,6 +81,19 @@ def test_prosqa_pairs_write_each_fact_as_its_two_symbols_and_grade_the_same():
     assert (first.meta["root"], first.meta["target"], first.meta["neg_target"]) == (1, 16, 13)
 
 
+def test_prosqa_lines_put_each_fact_on_its_own_line_so_a_step_copies_a_question_line():
+    pairs = tasks.get("prosqa", facts="pairs").load(path=FIXTURES / "prosqa_valid.json")
+    task = tasks.get("prosqa", facts="lines")
+    lines = task.load(path=FIXTURES / "prosqa_valid.json")
+    for example, paired in zip(lines, pairs):
+        assert example.question.replace("\n", " ") == paired.question
+        assert (example.steps, example.answer, example.meta) == (paired.steps, paired.answer, paired.meta)
+        facts = example.question.split("\n")[:-1]
+        assert len(facts) == len(example.meta["edges"]) and set(example.steps) <= set(facts)
+        assert task.render(example) == example
+    assert lines[0].question.split("\n")[-1] == "Is Tom a lempus or scrompus?"
+
+
 def test_prontoqa_fixture_keeps_the_graph_in_meta():
     examples = tasks.get("prontoqa").load(path=FIXTURES / "prontoqa_valid.json")
     assert len(examples) == 5

@@ -18,7 +18,7 @@ from latent_reasoning.tasks.exclusions import official_hashes, question_hash
 from latent_reasoning.tasks.exclusions.__main__ import SOURCES, hashes_of
 
 GENERATED = [("multiplication", {"digits": 4}), ("multiplication", {"digits": 5}), ("prosqa", {}),
-             ("prosqa", {"facts": "pairs"}), ("prontoqa", {})]
+             ("prosqa", {"facts": "pairs"}), ("prosqa", {"facts": "lines"}), ("prontoqa", {})]
 N = 2000
 
 

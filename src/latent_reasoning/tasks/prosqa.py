@@ -19,6 +19,10 @@ Example.meta. ProntoQA's COCONUT files use the same layout, so prontoqa.py reuse
 half the tokens. That is the compact edge-list form in which the COCONUT authors train models from
 scratch on ProsQA (Zhu et al. 2025, arXiv 2505.12514); a model without language pretraining gains
 nothing from the filler words. The final question and the answer stay sentences, so grading is the same.
+`ProsQA(facts="lines")` is the pairs form with one fact per line of the question, so a fact in the
+question and the same fact written as a step ("terpus brimpus." at the start of a line) are the same
+tokens for a word-level tokenizer (which tells a word after a space from one that starts a line):
+the step is an exact copy of a question line.
 
 The generator is written from the construction the COCONUT paper describes in words, with its
 parameters fitted to the 300 official valid problems; tests/test_generators.py checks the fit.
@@ -65,8 +69,8 @@ class ProsQA(Task):
     hub_id = None  # COCONUT publishes ProsQA only in its GitHub repository
 
     def __init__(self, facts: str = "sentences"):
-        if facts not in ("sentences", "pairs"):
-            raise ValueError(f"prosqa facts must be 'sentences' or 'pairs', got {facts!r}")
+        if facts not in ("sentences", "pairs", "lines"):
+            raise ValueError(f"prosqa facts must be 'sentences', 'pairs' or 'lines', got {facts!r}")
         self.facts = facts
 
     def parse_file(self, path: Path, skip_bad: bool = False) -> list[Example]:
@@ -76,8 +80,10 @@ class ProsQA(Task):
         """`example` with its facts written as `self.facts` says; rendering twice changes nothing."""
         if self.facts == "sentences":
             return example
-        pairs = [FACT_SENTENCE.sub(r"\1 \2.", text) for text in [example.question, *example.steps]]
-        return Example(pairs[0], pairs[1:], example.answer, example.meta)
+        question, *steps = [FACT_SENTENCE.sub(r"\1 \2.", text) for text in [example.question, *example.steps]]
+        if self.facts == "lines":
+            question = question.replace(". ", ".\n")
+        return Example(question, steps, example.answer, example.meta)
 
     def grade(self, text: str, example: Example) -> bool:
         from .answers import match_entity
