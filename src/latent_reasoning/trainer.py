@@ -133,8 +133,8 @@ class Trainer:
 
         progress = tqdm(range(start, config.steps), initial=start, total=config.steps,
                         disable=not accelerator.is_main_process, desc=f"train {method.name}", dynamic_ncols=True)
-        # seconds counts training time across resumed runs, so a run split over sessions reports its total
         tokens_seen, started = 0.0, time.perf_counter()
+        # records count training seconds across resumes, so a run split over sessions reports its total
         seconds_before = self.history[-1].get("seconds", 0.0) if self.history else 0.0
         for step in progress:
             if method.on_step(step):
