@@ -46,9 +46,10 @@ def summary(rows: list[dict]) -> dict[str, float]:
         counts["steps"] += len(steps)
         counts["facts"] += sum(pair in facts for pair in pairs)
         counts["first_fact"] += bool(pairs) and pairs[0] in facts
-        linked = len(pairs) == len(steps) and all(a[1] == b[0] for a, b in zip(pairs, pairs[1:]))
+        # an empty chain is not a linked one: no-cot writes no steps
+        linked = bool(pairs) and len(pairs) == len(steps) and all(a[1] == b[0] for a, b in zip(pairs, pairs[1:]))
         counts["linked"] += linked
-        counts["real_path"] += (linked and bool(pairs) and pairs[0][0] == person and all(p in facts for p in pairs)
+        counts["real_path"] += (linked and pairs[0][0] == person and all(p in facts for p in pairs)
                                 and pairs[-1][1] in options)
         last = pairs[-1][1] if pairs else None
         counts["ends_at_option"] += last in options
