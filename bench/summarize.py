@@ -1,4 +1,5 @@
 """Print a markdown table of bench/accuracy.py rows: per variant, accuracy over seeds and cost per answer.
+The seeds column names the seeds, in the order of the per-seed accuracies.
 
     python bench/summarize.py bench/results/latent-multiplication-2x2.jsonl
 """
@@ -25,7 +26,8 @@ def main() -> None:
         passes = statistics.mean(r["forward_passes"] for r in group)
         tokens = statistics.mean(r["generated_tokens"] for r in group)
         seconds = statistics.mean(r["train_seconds"] for r in group)
-        print(f"| {method} | {len(group)} | {statistics.mean(accuracy):.1f}% | {spread:.1f} | {per_seed} | "
+        seeds = ", ".join(str(r["seed"]) for r in group)
+        print(f"| {method} | {seeds} | {statistics.mean(accuracy):.1f}% | {spread:.1f} | {per_seed} | "
               f"{passes:.1f} | {tokens:.1f} | {seconds:.0f} |")
 
 
