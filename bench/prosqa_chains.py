@@ -6,7 +6,8 @@ Reads the predictions files `latent eval` writes (question, the generated text, 
 any facts format, and prints per file: how many written step lines state a fact of the question, how
 often the first one does, how often the steps link up (each starts at the concept the last one ended
 at), how often the whole chain is a real path from the person asked about, how often the last step
-names one of the two options and the answer repeats it, and the accuracy. A chain that is a real path
+names one of the two options and the answer repeats it, how often the answer names one of the two
+options (with or without a chain: a latent or no-cot model writes none), and the accuracy. A chain that is a real path
 and ends at an option can only end at the right one (the other option is unreachable), so the gap
 between "real path" and "accuracy" is what the model gets right by something other than the chain.
 """
@@ -38,7 +39,7 @@ def chain_of(text: str) -> list[list[str]]:
 
 def summary(rows: list[dict]) -> dict[str, float]:
     counts = dict(steps=0, facts=0, first_fact=0, linked=0, real_path=0, ends_at_option=0, answer_repeats=0,
-                  correct=0)
+                  answer_is_option=0, correct=0)
     for row in rows:
         facts, person, options = facts_of(row["question"])
         steps = chain_of(row["text"])
@@ -54,12 +55,15 @@ def summary(rows: list[dict]) -> dict[str, float]:
         last = pairs[-1][1] if pairs else None
         counts["ends_at_option"] += last in options
         counts["answer_repeats"] += last is not None and (row.get("answer") or "").endswith(last)
+        answer_words = (row.get("answer") or "").split()
+        counts["answer_is_option"] += bool(answer_words) and answer_words[-1] in options
         counts["correct"] += bool(row["correct"])
     n = len(rows)
     return {"problems": n, "step_lines": counts["steps"],
             "step lines that are facts": counts["facts"] / max(counts["steps"], 1),
             **{key.replace("_", " "): counts[key] / n for key in
-               ("first_fact", "linked", "real_path", "ends_at_option", "answer_repeats", "correct")}}
+               ("first_fact", "linked", "real_path", "ends_at_option", "answer_repeats", "answer_is_option",
+                "correct")}}
 
 
 def main() -> None:
