@@ -7,9 +7,10 @@ any facts format, and prints per file: how many written step lines state a fact 
 often the first one does, how often the steps link up (each starts at the concept the last one ended
 at), how often the whole chain is a real path from the person asked about, how often the last step
 names one of the two options and the answer repeats it, how often the answer names one of the two
-options (with or without a chain: a latent or no-cot model writes none), and the accuracy. A chain that is a real path
-and ends at an option can only end at the right one (the other option is unreachable), so the gap
-between "real path" and "accuracy" is what the model gets right by something other than the chain.
+options (with or without a chain: a latent or no-cot model writes none), and the accuracy. A chain
+that is a real path and ends at an option can only end at the right one (the other option is
+unreachable), so the gap between "real path" and "accuracy" is what the model gets right by
+something other than the chain.
 """
 
 from __future__ import annotations
