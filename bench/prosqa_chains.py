@@ -55,8 +55,9 @@ def summary(rows: list[dict]) -> dict[str, float]:
                                 and pairs[-1][1] in options)
         last = pairs[-1][1] if pairs else None
         counts["ends_at_option"] += last in options
-        counts["answer_repeats"] += last is not None and (row.get("answer") or "").endswith(last)
-        answer_words = (row.get("answer") or "").split()
+        answer = row.get("answer") or ""
+        counts["answer_repeats"] += last is not None and answer.endswith(last)
+        answer_words = answer.split()
         counts["answer_is_option"] += bool(answer_words) and answer_words[-1] in options
         counts["correct"] += bool(row["correct"])
     n = len(rows)
