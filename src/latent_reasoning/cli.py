@@ -69,11 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="generate or check task data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     generate = data_commands.add_parser("generate", help="write generated examples in the task's file format")
-    generate.add_argument("task", help="a generated task: multiplication, prosqa or prontoqa")
+    generate.add_argument("task", help="a generated task: multiplication, parity, graph, prosqa or prontoqa")
     generate.add_argument("--n", type=int, required=True, help="number of examples")
     generate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     generate.add_argument("--digits", type=int, default=4, help="multiplication operand digits (default: 4)")
     generate.add_argument("--out", required=True, help="output file")
+    # A flag rather than train's bare task.KEY=VALUE: argparse rejects positionals after --n/--out here.
+    generate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                          help="a task option, repeatable, e.g. --option hops=4 --option nodes=24 (default: none)")
     check = data_commands.add_parser("check", help="load a file with a task's loader and report counts")
     check.add_argument("task", help=f"one of {tasks.names()}")
     check.add_argument("path", help="file or folder")
@@ -174,7 +177,18 @@ def cmd_data(args) -> int:
     from . import tasks
 
     if args.data_command == "generate":
-        task = tasks.get(args.task, **({"digits": args.digits} if args.task == "multiplication" else {}))
+        import yaml
+
+        options = {"digits": args.digits} if args.task == "multiplication" else {}
+        for pair in args.option:
+            key, equals, value = pair.partition("=")
+            if not equals:
+                raise ConfigError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option hops=4")
+            options[key.removeprefix("task.")] = yaml.safe_load(value)  # as train's task.KEY=VALUE
+        try:
+            task = tasks.get(args.task, **options)
+        except TypeError as error:
+            raise ConfigError(f"task options {options} for task {args.task!r}: {error}") from None
         examples = task.generate(args.n, seed=args.seed)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         task.save(examples, args.out)

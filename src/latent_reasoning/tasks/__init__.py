@@ -10,6 +10,7 @@ from .base import DataError, Example, Task
 REGISTRY = {
     "multiplication": "multiplication:Multiplication",
     "prosqa": "prosqa:ProsQA",
+    "graph": "graph:Graph",
     "prontoqa": "prontoqa:ProntoQA",
     "gsm8k": "gsm8k:GSM8K",
     "gsm8k-aug": "gsm8k:GSM8KAug",
