@@ -67,6 +67,18 @@ _PRESETS: dict[str, tuple[type[PretrainedConfig], dict]] = {
             tie_word_embeddings=True,
         ),
     ),
+    # For the sharp small tasks (parity, graph search): small enough to train in minutes on one core.
+    "tiny-1m": (
+        LlamaConfig,
+        dict(
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=512,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        ),
+    ),
     "tiny-20m": (
         LlamaConfig,
         dict(

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a method on a task", epilog=_keys_help(), formatter_class=formatter)
     train.add_argument("--method", help=f"one of {methods.names()} (default: from --config)")
     train.add_argument("--task", help=f"one of {tasks.names()} (default: from --config)")
-    train.add_argument("--model", help="tiny-5m, tiny-20m, tiny-gpt2, smollm2-135m-instruct, a hub id or a folder "
+    train.add_argument("--model", help="tiny-1m, tiny-5m, tiny-20m, tiny-gpt2, smollm2-135m-instruct, a hub id or a folder "
                                        "(default: from --config)")
     train.add_argument("--config", help="YAML recipe (flat keys); command-line keys override it (default: none)")
     train.add_argument("--out", required=True, help="run folder: checkpoint/, TensorBoard logs, eval/")

@@ -19,6 +19,9 @@ mask (1 = a real token, 0 = an empty slot), and position ids are the running cou
 `position = cumsum(mask) - 1`. An example that has finished its thoughts while others continue
 still occupies each later slot, with mask 0: no later token attends to it and it does not move
 the positions. So each example computes what it would compute alone, up to float rounding.
+A `position_offset` [B] on the loop state is added to the positions of everything read after the
+loop (`extend`, `decode`): it gives the language after a latent span the positions it had in a
+longer sequence (the full chain of thought), as iCoT's keep_position and COCONUT's kept positions do.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class LoopResult:
                      T is the number of thought passes made (n_thoughts.max(), or less if all halted).
     n_thoughts:      [B] long, the thoughts each example actually used.
     forward_passes:  forward passes made so far, for the whole batch (prefill + thoughts + extensions).
+    logits:          [B, V] the next-token logits of the last pass (what a prompt with no thoughts predicts).
+    position_offset: [B] long or None, added to the position ids of every slot read after the loop.
     """
 
     past_key_values: Cache
@@ -81,6 +86,8 @@ class LoopResult:
     thoughts: torch.Tensor
     n_thoughts: torch.Tensor
     forward_passes: int
+    logits: torch.Tensor | None = None
+    position_offset: torch.Tensor | None = None
 
     @property
     def next_position(self) -> torch.Tensor:
@@ -93,9 +100,13 @@ def _inputs(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"input_ids": x} if x.dim() == 2 else {"inputs_embeds": x}
 
 
-def _forward(model, x: torch.Tensor, mask: torch.Tensor, cache: Cache, hidden: bool = False):
-    """One pass over the new inputs `x` (the last x.shape[1] columns of `mask`) on `cache`."""
+def _forward(model, x: torch.Tensor, mask: torch.Tensor, cache: Cache, hidden: bool = False,
+             offset: torch.Tensor | None = None):
+    """One pass over the new inputs `x` (the last x.shape[1] columns of `mask`) on `cache`,
+    their position ids moved by `offset` [B] where given."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -x.shape[1] :]
+    if offset is not None:
+        positions = positions + offset.unsqueeze(1)
     return model(
         **_inputs(x),
         attention_mask=mask,
@@ -141,7 +152,8 @@ def thought_loop(
     n_thoughts = torch.as_tensor(n_thoughts, device=prompt_mask.device).long().expand(batch)
     cache = DynamicCache(config=model.config)
     mask = prompt_mask.long()
-    hidden = _forward(model, prompt, mask, cache, hidden=True).hidden_states[-1][:, -1]
+    out = _forward(model, prompt, mask, cache, hidden=True)
+    hidden = out.hidden_states[-1][:, -1]
     previous = hidden
     halted = torch.zeros(batch, dtype=torch.bool, device=mask.device)
     thoughts = []
@@ -165,6 +177,7 @@ def thought_loop(
         thoughts=torch.stack(thoughts, 1) if thoughts else hidden.new_zeros(batch, 0, hidden.shape[-1]),
         n_thoughts=mask[:, prompt_mask.shape[1] :].sum(-1),
         forward_passes=1 + len(thoughts),
+        logits=out.logits[:, -1],
     )
 
 
@@ -175,7 +188,7 @@ def extend(model, state: LoopResult, inputs: torch.Tensor, mask: torch.Tensor) -
     The cache is extended in place, so `state` itself must not be extended again afterwards.
     """
     full_mask = torch.cat([state.attention_mask, mask.long()], dim=1)
-    logits = _forward(model, inputs, full_mask, state.past_key_values).logits
+    logits = _forward(model, inputs, full_mask, state.past_key_values, offset=state.position_offset).logits
     return logits, replace(state, attention_mask=full_mask, forward_passes=state.forward_passes + 1)
 
 
@@ -217,7 +230,7 @@ class Decoded:
 def decode(
     model,
     state: LoopResult,
-    first_ids: torch.Tensor,
+    first_ids: torch.Tensor | None,
     max_new_tokens: int,
     eos_token_id: int | Sequence[int],
     temperature: float = 0.0,
@@ -225,36 +238,43 @@ def decode(
     pad_token_id: int | None = None,
 ) -> Decoded:
     """Generate from the cache of `state`, batched, starting by feeding `first_ids` [B] (e.g. the
-    end-of-thought token). Each step feeds the last token of every example and picks the next,
+    end-of-thought token), or, with `first_ids` None, by picking the first token from `state.logits`
+    (the prompt's own prediction). Each step feeds the last token of every example and picks the next,
     greedily (temperature 0) or by sampling from softmax(logits / temperature) with `generator`.
 
     An example stops at its first eos; after that it gets `pad_token_id` (default: the first eos),
     its slots get mask 0, and decoding ends when every example has stopped or after
     `max_new_tokens`. The cache of `state` is extended in place.
     """
-    eos = torch.as_tensor(eos_token_id, device=first_ids.device).reshape(-1)
-    pad = int(eos[0]) if pad_token_id is None else pad_token_id
     cache, mask = state.past_key_values, state.attention_mask
-    batch = first_ids.shape[0]
-    done = torch.zeros(batch, dtype=torch.bool, device=first_ids.device)
-    n_tokens = torch.zeros(batch, dtype=torch.long, device=first_ids.device)
-    tokens, last = [], first_ids
-    for _ in range(max_new_tokens):
-        mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
-        logits = _forward(model, last.unsqueeze(1), mask, cache).logits[:, -1].float()
+    device, batch = mask.device, mask.shape[0]
+    eos = torch.as_tensor(eos_token_id, device=device).reshape(-1)
+    pad = int(eos[0]) if pad_token_id is None else pad_token_id
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    n_tokens = torch.zeros(batch, dtype=torch.long, device=device)
+    tokens, last, passes = [], first_ids, 0
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
         if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            picked = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return logits.argmax(-1)
+
+    while len(tokens) < max_new_tokens:
+        if last is None:  # the first token comes from the pass that read the prompt
+            picked = pick(state.logits)
         else:
-            picked = logits.argmax(-1)
+            mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
+            picked = pick(_forward(model, last.unsqueeze(1), mask, cache, offset=state.position_offset).logits[:, -1])
+            passes += 1
         last = torch.where(done, torch.full_like(picked, pad), picked)
         tokens.append(last)
         n_tokens += (~done).long()
         done = done | torch.isin(last, eos)
         if bool(done.all()):
             break
-    ids = torch.stack(tokens, 1) if tokens else first_ids.new_zeros(batch, 0)
-    return Decoded(ids=ids, n_tokens=n_tokens, forward_passes=len(tokens))
+    ids = torch.stack(tokens, 1) if tokens else torch.zeros(batch, 0, dtype=torch.long, device=device)
+    return Decoded(ids=ids, n_tokens=n_tokens, forward_passes=passes)
 
 
 # ---- 3. Gumbel-Softmax soft tokens ---------------------------------------------------------------

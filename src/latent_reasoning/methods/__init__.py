@@ -13,6 +13,7 @@ REGISTRY = {
     "coconut": "coconut:Coconut",
     "slr": "coconut:StableLatentReasoning",
     "latro": "latro:LaTRO",
+    "icot": "icot:ICoT",
 }
 
 

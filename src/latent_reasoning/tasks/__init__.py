@@ -9,6 +9,7 @@ from .base import DataError, Example, Task
 # task name -> "module:Class"; modules are imported on first use so `latent --help` stays fast.
 REGISTRY = {
     "multiplication": "multiplication:Multiplication",
+    "parity": "parity:Parity",
     "prosqa": "prosqa:ProsQA",
     "graph": "graph:Graph",
     "prontoqa": "prontoqa:ProntoQA",

@@ -1,0 +1,71 @@
+"""Parity of n random bits: a task no-CoT cannot learn at useful lengths and CoT learns at once.
+
+One example per line, in the same layout as the multiplication files:
+
+    1 0 1 1 0 0 1 0||1 1 0 1 1 1 0 0 #### 0
+
+The question is the bits, space-separated; the chain of thought is the running parity after each
+bit (step i is b_1 xor .. xor b_i, so the last step is the answer); the answer is the parity of all
+bits. `bits` (default 16) sets n. A model reading the chain needs one lookup per step; a model
+answering directly must compute an n-way xor in one forward pass, which a small transformer does
+not learn from scratch (see ../shared/notes/small-scale-latent.md: 50% at 16 and 24 bits).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from .base import Example, Task, read_lines
+from .exclusions import distinct_examples
+
+LINE_FORMAT = "expected '<bits>||<running parities> #### <parity>', bits space-separated"
+
+
+class Parity(Task):
+    name = "parity"
+    answer_prefix = "####"
+
+    def __init__(self, bits: int = 16):
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits < 2:
+            raise ValueError(f"parity bits must be an integer of at least 2, got {bits!r}")
+        self.bits = bits
+
+    def parse_file(self, path: Path, skip_bad: bool = False) -> list[Example]:
+        return read_lines(path, parse_line, skip_bad)
+
+    def grade(self, text: str, example: Example) -> bool:
+        from .answers import match_digits
+
+        return match_digits(text, example.answer)
+
+    def example(self, bits: list[int]) -> Example:
+        running, steps = 0, []
+        for bit in bits:
+            running ^= bit
+            steps.append(str(running))
+        return Example(" ".join(map(str, bits)), steps, str(running))
+
+    def generate(self, n: int, seed: int, exclude: set[str] | None = None) -> list[Example]:
+        """`n` distinct bit strings of length `bits`, uniform, never a question in `exclude`."""
+        if n > 2**self.bits - len(exclude or ()):
+            raise ValueError(f"parity: {n} distinct examples asked of {self.bits} bits (only {2**self.bits} exist)")
+        rng = random.Random(seed)
+        return distinct_examples(lambda: self.example([rng.randint(0, 1) for _ in range(self.bits)]),
+                                 n, exclude, frozenset())
+
+    def save(self, examples: list[Example], path: str | Path) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            for example in examples:
+                handle.write(f"{example.question}||{' '.join(example.steps)} #### {example.answer}\n")
+
+
+def parse_line(line: str) -> Example:
+    question, bar, rest = line.rstrip().partition("||")
+    chain, marker, answer = rest.rpartition(" #### ")
+    bits, steps = question.split(" "), chain.split(" ")
+    if not bar or not marker or not all(token in ("0", "1") for token in bits + steps + [answer]):
+        raise ValueError(LINE_FORMAT)
+    if len(steps) != len(bits):
+        raise ValueError(f"{len(bits)} bits but {len(steps)} running parities; {LINE_FORMAT}")
+    return Example(question, steps, answer)

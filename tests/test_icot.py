@@ -1,0 +1,123 @@
+"""iCoT, stepwise internalization, on a tiny model: the removal schedule and its smoothing against a
+hand computation, the layout and position ids of a partly removed chain, answering with moved
+positions against a full recomputation, and a loss that falls while tokens are removed."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from latent_reasoning import methods, tasks
+from latent_reasoning.backbones import load_backbone
+from latent_reasoning.config import ConfigError
+from latent_reasoning.methods.icot import smoothing_distribution
+from latent_reasoning.run import texts_of
+from latent_reasoning.trainer import TrainConfig, Trainer
+
+PARITY = tasks.get("parity", bits=6)
+EXAMPLES = PARITY.generate(64, seed=0)  # 6 steps of one digit each: a 12-token chain
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_backbone("tiny-5m", texts=texts_of(EXAMPLES), seed=0)
+
+
+def make(base, **options):
+    model, tokenizer = base
+    options.setdefault("max_new_tokens", 16)
+    config = methods.get("icot").Config(**options)
+    return methods.get("icot")(config, copy.deepcopy(model), tokenizer, PARITY)
+
+
+def ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_removal_schedule_and_optimizer_resets_match_a_hand_computation(base):
+    method = make(base, tokens_per_removal=8, steps_per_removal=10, first_removed=2)
+    assert [method.removed_at(s) for s in (0, 9, 10, 19, 20, 35)] == [2, 2, 10, 10, 18, 26]
+    assert [s for s in range(40) if method.on_step(s)] == [10, 20, 30]
+    assert not any(make(base, steps_per_removal=10, reset_optimizer=False).on_step(s) for s in range(40))
+
+
+def test_smoothing_distribution_is_the_truncated_geometric_of_icot():
+    p = smoothing_distribution(4.0)
+    assert p.shape == (100,)
+    assert float(p.sum()) == pytest.approx(1.0)
+    assert float(p[0]) == pytest.approx(1 - math.exp(-4))  # 98.2% drop exactly the scheduled count
+    assert float(p[1]) == pytest.approx((1 - math.exp(-4)) * math.exp(-4))
+    assert float(p[2] / p[1]) == pytest.approx(math.exp(-4))
+
+
+def test_smoothed_removal_counts_follow_the_distribution_and_repeat_on_resume(base):
+    method = make(base, tokens_per_removal=4, steps_per_removal=1, smoothing_lambda=1.0)
+    examples = tasks.get("parity", bits=16).generate(2000, seed=3)
+    counts = method.removal_counts(examples, step=2)
+    assert counts == method.removal_counts(examples, step=2)  # a function of (step, position, question)
+    extra = torch.tensor(counts) - 8
+    assert int(extra.min()) == 0
+    expected = smoothing_distribution(1.0)[:3]
+    observed = torch.stack([(extra == o).double().mean() for o in range(3)])
+    assert torch.allclose(observed, expected, atol=0.03)
+    assert make(base, smoothing_lambda=None).removal_counts(examples[:50], 0) == [0] * 50
+
+
+def test_partly_removed_chain_layout_labels_and_kept_positions(base):
+    example = EXAMPLES[0]
+    for keep in (False, True):
+        method = make(base, keep_position=keep)
+        tokenizer = method.tokenizer
+        question = ids(tokenizer, example.question + "\n")
+        full = ids(tokenizer, "\n".join(example.steps + [f"#### {example.answer}"])) + [tokenizer.eos_token_id]
+        chain, answer = method.split_target(example)
+        assert chain + answer == full and len(chain) == 2 * len(example.steps)  # digit + newline per step
+        for r in (0, 5, 12, 40):  # beyond the chain: everything removed, the answer alone
+            input_ids, mask, labels, positions, _ = method.encode([example], [r])
+            kept = min(r, len(chain))
+            target = full[kept:]
+            assert input_ids[0].tolist() == question + target
+            assert labels[0].tolist() == [-100] * len(question) + target
+            skip = kept if keep else 0
+            expected = list(range(len(question))) + [len(question) + skip + i for i in range(len(target))]
+            assert positions[0].tolist() == expected
+
+
+def test_kept_positions_at_answer_time_equal_a_full_recomputation(base):
+    method = make(base, keep_position=True, max_new_tokens=5)
+    method.model.eval()
+    method.chain_count = torch.tensor([4.0, 48.0], dtype=torch.float64)  # chains of 12 tokens seen in training
+    examples = EXAMPLES[:3]
+    predictions = method.answer(examples)
+    tokenizer = method.tokenizer
+    for example, prediction in zip(examples, predictions):
+        question = ids(tokenizer, example.question + "\n")
+        sequence = list(question)
+        for _ in range(5):  # greedy, with every generated token placed after the 12 removed chain tokens
+            positions = list(range(len(question))) + [len(question) + 12 + i for i in range(len(sequence) - len(question))]
+            with torch.no_grad():
+                logits = method.model(input_ids=torch.tensor([sequence]), position_ids=torch.tensor([positions])).logits
+            sequence.append(int(logits[0, -1].argmax()))
+            if sequence[-1] == tokenizer.eos_token_id:
+                break
+        generated = sequence[len(question):]
+        assert prediction.generated_tokens == len(generated) == prediction.forward_passes
+        assert prediction.text == tokenizer.decode(generated, skip_special_tokens=True)
+
+
+def test_tiny_icot_run_loss_falls_while_tokens_are_removed(base, tmp_path):
+    method = make(base, tokens_per_removal=2, steps_per_removal=10)
+    config = TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=0, save_every=0, log_with="none")
+    history = Trainer(method, EXAMPLES, config, tmp_path, run={"method": "icot"}).fit()
+    assert [h["removed"] for h in history[::10]] == [0.0, 2.0, 4.0]
+    first, last = history[0]["loss"], history[-1]["loss"]
+    assert last < 0.6 * first, (first, last)
+    assert float(method.chain_count[1] / method.chain_count[0]) == 12.0  # every parity-6 chain is 12 tokens
+
+
+def test_config_rejects_bad_values():
+    for bad in (dict(tokens_per_removal=0), dict(steps_per_removal=0), dict(smoothing_lambda=-1.0),
+                dict(first_removed=-1), dict(decoding="self-consistency")):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            methods.get("icot").Config(**bad)
