@@ -60,6 +60,51 @@ def test_stage_k_replaces_the_first_k_steps_and_labels_only_the_language_after_e
     assert not any(no_reset.on_step(step) for step in range(14))
 
 
+def continuation_positions(method, example, step):
+    """The position ids the model received for the continuation ([pauses] <eot> rest <eos>) at `step`."""
+    method.on_step(step)
+    plans = method.plans([example], step)
+    seen = []
+    hook = method.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"][0].tolist()), with_kwargs=True)
+    try:
+        batch, _, _ = method.read([example], plans, training=True)
+    finally:
+        hook.remove()
+    return seen[-1], batch, plans[0]
+
+
+@pytest.mark.parametrize("reserve", [False, True])
+def test_kept_positions_give_the_language_after_the_latent_span_its_stage_zero_positions(base, reserve):
+    example = THREE[0]
+    method = make(base, "coconut", c=1, stages=2, steps_per_stage=1, keep_position=True, reserve_slots=reserve)
+    tokenizer, special = method.tokenizer, thought_token_ids(method.tokenizer)
+    prompt = len(ids(tokenizer, example.question + "\n")) + 1  # with <bot>
+    slots = 2 if reserve else 0
+    chain = ids(tokenizer, "\n".join(example.steps + [f"#### {example.answer}"])) + [tokenizer.eos_token_id]
+    for step in range(4):  # stages 0, 1, 2 and 3 = K + 1 (all three steps latent, two thoughts)
+        positions, batch, plan = continuation_positions(method, example, step)
+        sequence, _ = batch.sequence(0, special.latent)
+        assert sequence.count(special.latent) == (slots if reserve else plan.thoughts)  # thoughts + pauses
+        removed, rest = method.split_chain(example, plan.latent_steps)
+        assert removed + rest + [tokenizer.eos_token_id] == chain
+        pauses = max(slots - plan.thoughts, 0)
+        # <eot> then chain token t (counted in the full chain) at P + S_0 + 1 + t, whatever the stage
+        expected_eot = prompt + slots + len(removed)
+        assert positions[pauses:] == [expected_eot + i for i in range(len(rest) + 2)], step
+    shifted = make(base, "coconut", c=1, stages=2, steps_per_stage=1)
+    first, _, _ = continuation_positions(shifted, example, 0)
+    later, _, plan = continuation_positions(shifted, example, 1)
+    removed, _ = shifted.split_chain(example, plan.latent_steps)
+    assert later[1] != first[1 + len(removed)]  # without the option the remaining steps move
+    for option in (dict(keep_position=True), dict(reserve_slots=True), dict(keep_position=True, reserve_slots=True)):
+        answering = make(base, "coconut", c=1, stages=2, eval_thoughts=1, **option)
+        answering.extras.to(answering.device)
+        predictions = answering.answer(THREE[:2])
+        assert [p.forward_passes for p in predictions] == [
+            1 + 1 + ("reserve_slots" in option) + p.generated_tokens for p in predictions]
+
+
 def test_examples_with_fewer_steps_than_the_stage_pad_like_coconut_or_cap(base):
     padded = make(base, "coconut", c=2, stages=4, steps_per_stage=1)
     capped = make(base, "coconut", c=2, stages=4, steps_per_stage=1, pad_thoughts=False)

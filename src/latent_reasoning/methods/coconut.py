@@ -33,6 +33,18 @@ gets n = c K thoughts (or `eval_thoughts`; held-out scores taken during training
 stage's c min(k, K), as COCONUT's do). COCONUT without padding would use min(K, m) c at test time,
 which reads the gold step count, so we never do.
 
+Positions that do not move (for small models trained from scratch, which find what they read by
+relative position). `keep_position=true` gives <eot> and the language after it the position ids
+they had at stage 0, as if the replaced steps' tokens were still there: with P the prompt's length
+(with <bot>), S_0 the slots at stage 0 and r the tokens of the replaced steps (their text and
+newlines), <eot> sits at P + S_0 + r at every stage (the thoughts keep P .. P + n - 1, so the span
+may overlap them when n > S_0 + r). At answer time r is not known for a new question: it is taken
+as the mean tokens per gold step of the training examples seen, times the steps made latent (exact
+on tasks whose steps have a fixed length). `reserve_slots=true` gives every example c K slots
+from stage 0 on: the first n are thoughts, the other c K - n hold the <latent> token's embedding
+(pause tokens), so the thoughts take over slots that were always there and <eot> never moves
+(with keep_position as well, the pauses move with the language after them).
+
 From the paper's epochs to our optimizer steps: steps_per_stage = epochs_per_stage x
 ceil(N_train / (batch_size x grad_accum x processes)). The paper trains with 128 examples per step
 (32 per GPU x 4 GPUs): ProsQA (17,886 train) 5 epochs/stage = 700 steps, ProntoQA (9,000) 5 epochs
@@ -93,6 +105,8 @@ class CoconutConfig(MethodConfig):
     mix_probability: float = 0.0  # chance an example trains at a stage drawn uniformly from 0 .. len(steps)
     pad_thoughts: bool = True  # every example gets c * stage thoughts (COCONUT); false: capped at its step count
     eval_thoughts: int | None = None  # thoughts at answer time; default c * stages
+    keep_position: bool = False  # <eot> and what follows keep their stage-0 position ids (module docstring)
+    reserve_slots: bool = False  # c * stages slots from stage 0; those not yet thoughts hold <latent> tokens
     init_from: str | None = None  # a `cot` checkpoint folder to start from (run.py loads it)
 
     def check(self) -> None:
@@ -163,9 +177,10 @@ class LatentBatch:
 
     prompt_ids / prompt_mask    [B, L] LEFT-padded "question\\n<bot>"
     n_thoughts                  [B]
-    continuation_ids / _mask    [B, C] RIGHT-padded "<eot> remaining steps \\n #### answer <eos>"
-    labels                      [B, C] the continuation's ids, -100 on <eot> and padding;
+    continuation_ids / _mask    [B, C] RIGHT-padded "[<latent> pauses] <eot> remaining steps \\n #### answer <eos>"
+    labels                      [B, C] the continuation's ids, -100 on pauses, <eot> and padding;
                                 logits[:, i] (after reading continuation token i) is scored against labels[:, i + 1]
+    position_offset             [B] added to the continuation's position ids (keep_position; else zeros)
     """
 
     prompt_ids: torch.Tensor
@@ -174,6 +189,7 @@ class LatentBatch:
     continuation_ids: torch.Tensor
     continuation_mask: torch.Tensor
     labels: torch.Tensor
+    position_offset: torch.Tensor
 
     def sequence(self, b: int, latent_id: int) -> tuple[list[int], list[int]]:
         """Example b as one sequence, <latent> standing for each thought, and its labels (as COCONUT lays it out)."""
@@ -233,6 +249,8 @@ class Coconut(Method):
         self.tokens = thought_token_ids(tokenizer)
         self.extras = nn.ModuleDict()  # trained modules beyond the backbone (SLR's stabilisers)
         self.stage: int | None = None  # the trainer's current stage, once on_step has been called
+        if config.keep_position:
+            self.extras["step_tokens"] = StepTokens()
 
     # -- extra state -----------------------------------------------------------------------------
     def _extras_on_device(self) -> nn.ModuleDict:
@@ -296,21 +314,29 @@ class Coconut(Method):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def reserved_slots(self) -> int:
+        return self.config.c * self.config.stages if self.config.reserve_slots else 0
+
     def encode(self, examples: list[Example], plans: list[Plan]) -> LatentBatch:
-        """Prompts "question\\n<bot>" (left-padded) and continuations "<eot> rest <eos>" (right-padded).
+        """Prompts "question\\n<bot>" (left-padded) and continuations "[pauses] <eot> rest <eos>" (right-padded).
 
         A sequence longer than max_length keeps its continuation's start and its prompt's end (<bot> always).
         """
-        prompts, continuations = [], []
+        prompts, continuations, given, offsets = [], [], [], []
         for example, plan in zip(examples, plans):
-            rest = "\n".join(example.steps[plan.latent_steps :] + [answer_text(example)])
-            continuation = [self.tokens.eot] + self._ids(rest) + [self.tokenizer.eos_token_id]
+            pauses = [self.tokens.latent] * max(self.reserved_slots() - plan.thoughts, 0)
+            chain, rest = self.split_chain(example, plan.latent_steps)
+            continuation = pauses + [self.tokens.eot] + rest + [self.tokenizer.eos_token_id]
             budget = max(self.config.max_length - plan.thoughts, 3)
-            continuation = continuation[: max(budget - 1, 2)]
+            continuation = continuation[: max(budget - 1, len(pauses) + 2)]
             room = max(budget - len(continuation) - 1, 0)
             question = self._ids(prompt_text(example))
             prompts.append((question[-room:] if room else []) + [self.tokens.bot])
             continuations.append(continuation)
+            given.append(len(pauses) + 1)
+            # <eot> at P + S_0 + r instead of P + n + pauses: r = the replaced steps' tokens
+            removed = len(chain)
+            offsets.append(self.reserved_slots() + removed - plan.thoughts - len(pauses) if self.config.keep_position else 0)
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -319,9 +345,22 @@ class Coconut(Method):
         continuation_ids = torch.tensor([c + [pad] * (width - len(c)) for c in continuations])
         continuation_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in continuations])
         labels = continuation_ids.masked_fill(continuation_mask == 0, -100)
-        labels[:, 0] = -100  # <eot> is given, never predicted (as COCONUT)
+        for b, n in enumerate(given):
+            labels[b, :n] = -100  # pauses and <eot> are given, never predicted (as COCONUT's <eot>)
         n_thoughts = torch.tensor([plan.thoughts for plan in plans])
-        return LatentBatch(prompt_ids, prompt_mask, n_thoughts, continuation_ids, continuation_mask, labels)
+        return LatentBatch(prompt_ids, prompt_mask, n_thoughts, continuation_ids, continuation_mask, labels,
+                           torch.tensor(offsets))
+
+    def split_chain(self, example: Example, latent_steps: int) -> tuple[list[int], list[int]]:
+        """The ids of the CoT target after the question, cut where the first `latent_steps` steps end:
+        (those steps with their newlines, the rest: remaining steps and "#### answer"), tokenized as
+        one text so that the rest is what the CoT model read there."""
+        text = "\n".join(example.steps + [answer_text(example)])
+        cut_chars = sum(len(step) + 1 for step in example.steps[:latent_steps])
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        cut = sum(1 for start, _ in encoded["offset_mapping"] if start < cut_chars)
+        return ids[:cut], ids[cut:]
 
     # -- hooks of the loop (SLR overrides) ---------------------------------------------------------
     def loop_hooks(self, training: bool) -> dict:
@@ -350,6 +389,10 @@ class Coconut(Method):
         device = self.device
         thinking = self.run_loop(batch.prompt_ids.to(device), batch.prompt_mask.to(device),
                                  batch.n_thoughts.to(device), training=training)
+        if self.config.keep_position:
+            thinking.loop.position_offset = batch.position_offset.to(device)
+            if training:
+                self.extras["step_tokens"].record(examples, [self.split_chain(e, len(e.steps))[0] for e in examples])
         logits, _ = extend(self.model, thinking.loop, batch.continuation_ids.to(device),
                            batch.continuation_mask.to(device))
         return batch, thinking, logits
@@ -402,11 +445,23 @@ class Coconut(Method):
             return []
         thinking = self.think(examples)
         loop = thinking.loop
+        n = loop.n_thoughts
+        pauses = self.reserved_slots() - int(n.max()) if self.reserved_slots() else 0
+        if self.config.keep_position:
+            # mid-training the current stage's steps are latent; at the last stage and after training, all
+            latent_steps = self.stage if self.stage is not None and self.stage <= self.config.stages else None
+            removed = self.extras["step_tokens"].expected(latent_steps)
+            loop.position_offset = self.reserved_slots() + removed - n - max(pauses, 0)
+        if pauses > 0:  # reserved slots the thoughts did not fill hold <latent> tokens, as in training
+            ids = torch.full((len(examples), pauses), self.tokens.latent, dtype=torch.long, device=self.device)
+            _, loop = extend(self.model, loop, ids, torch.ones_like(ids))
         sampling = self.config.decoding == "self-consistency"
         k = self.config.samples if sampling else 1
         if k > 1:  # the k samples of a question share its prefill and thoughts
             loop.past_key_values.batch_repeat_interleave(k)
             loop.attention_mask = loop.attention_mask.repeat_interleave(k, dim=0)
+            if loop.position_offset is not None:
+                loop.position_offset = loop.position_offset.repeat_interleave(k)
         first = torch.full((len(examples) * k,), self.tokens.eot, dtype=torch.long, device=self.device)
         decoded = decode(self.model, loop, first, self.config.max_new_tokens, self.tokenizer.eos_token_id,
                          temperature=self.config.temperature if sampling else 0.0,
@@ -423,11 +478,32 @@ class Coconut(Method):
             predictions.append(Prediction(
                 text=samples[chosen],
                 answer=self.parse(samples[chosen]),
-                forward_passes=1 + n_thoughts[i] + sum(cost),  # prefill, one per thought, one per decoded token
+                # prefill, one per thought, one for the pauses if any, one per decoded token
+                forward_passes=1 + n_thoughts[i] + (pauses > 0) + sum(cost),
                 generated_tokens=sum(cost),
                 thoughts=[round(x, 4) for x in norms],
             ))
         return predictions
+
+
+class StepTokens(nn.Module):
+    """Counts the training examples seen, their gold steps and the steps' tokens (a buffer, so
+    checkpoints keep it): under keep_position, the tokens an answer's latent steps stand for."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("count", torch.zeros(3, dtype=torch.float64))  # [examples, steps, tokens]
+
+    def record(self, examples: list[Example], chains: list[list[int]]) -> None:
+        seen = [len(examples), sum(len(e.steps) for e in examples), sum(map(len, chains))]
+        self.count += torch.tensor(seen, dtype=torch.float64, device=self.count.device)
+
+    def expected(self, latent_steps: int | None) -> int:
+        """Mean tokens of `latent_steps` steps; None: of a whole chain (every step latent)."""
+        examples, steps, tokens = self.count.tolist()
+        if not steps:
+            return 0
+        return round(tokens / examples) if latent_steps is None else round(latent_steps * tokens / steps)
 
 
 # ---- Stable Latent Reasoning: the stabilisers ----------------------------------------------------
