@@ -11,6 +11,7 @@ from latent_reasoning import checkpoint, methods, tasks
 from latent_reasoning.backbones import load_backbone, thought_token_ids
 from latent_reasoning.config import ConfigError
 from latent_reasoning.inspect_thoughts import inspect
+from latent_reasoning.methods.base import split_chain
 from latent_reasoning.methods.coconut import Plan
 from latent_reasoning.run import build_method, load_method, make_run, texts_of
 from latent_reasoning.trainer import Trainer
@@ -86,7 +87,7 @@ def test_kept_positions_give_the_language_after_the_latent_span_its_stage_zero_p
         positions, batch, plan = continuation_positions(method, example, step)
         sequence, _ = batch.sequence(0, special.latent)
         assert sequence.count(special.latent) == (slots if reserve else plan.thoughts)  # thoughts + pauses
-        removed, rest = method.split_chain(example, plan.latent_steps)
+        removed, rest = split_chain(method.tokenizer, example, plan.latent_steps)
         assert removed + rest + [tokenizer.eos_token_id] == chain
         pauses = max(slots - plan.thoughts, 0)
         # <eot> then chain token t (counted in the full chain) at P + S_0 + 1 + t, whatever the stage
@@ -95,7 +96,7 @@ def test_kept_positions_give_the_language_after_the_latent_span_its_stage_zero_p
     shifted = make(base, "coconut", c=1, stages=2, steps_per_stage=1)
     first, _, _ = continuation_positions(shifted, example, 0)
     later, _, plan = continuation_positions(shifted, example, 1)
-    removed, _ = shifted.split_chain(example, plan.latent_steps)
+    removed, _ = split_chain(shifted.tokenizer, example, plan.latent_steps)
     assert later[1] != first[1 + len(removed)]  # without the option the remaining steps move
     for option in (dict(keep_position=True), dict(reserve_slots=True), dict(keep_position=True, reserve_slots=True)):
         answering = make(base, "coconut", c=1, stages=2, eval_thoughts=1, **option)

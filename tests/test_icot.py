@@ -16,7 +16,7 @@ from latent_reasoning.run import texts_of
 from latent_reasoning.trainer import TrainConfig, Trainer
 
 PARITY = tasks.get("parity", bits=6)
-EXAMPLES = PARITY.generate(64, seed=0)  # 6 steps of one digit each: a 12-token chain
+EXAMPLES = PARITY.generate(64, seed=0)  # 6 steps of one token each: a 6-token chain
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,9 @@ def test_partly_removed_chain_layout_labels_and_kept_positions(base):
         method = make(base, keep_position=keep)
         tokenizer = method.tokenizer
         question = ids(tokenizer, example.question + "\n")
-        full = ids(tokenizer, "\n".join(example.steps + [f"#### {example.answer}"])) + [tokenizer.eos_token_id]
+        full = ids(tokenizer, " ".join(example.steps + [f"#### {example.answer}"])) + [tokenizer.eos_token_id]
         chain, answer = method.split_target(example)
-        assert chain + answer == full and len(chain) == 2 * len(example.steps)  # digit + newline per step
+        assert chain + answer == full and len(chain) == len(example.steps)  # one token a step
         for r in (0, 5, 12, 40):  # beyond the chain: everything removed, the answer alone
             input_ids, mask, labels, positions, _ = method.encode([example], [r])
             kept = min(r, len(chain))
@@ -113,7 +113,7 @@ def test_tiny_icot_run_loss_falls_while_tokens_are_removed(base, tmp_path):
     assert [h["removed"] for h in history[::10]] == [0.0, 2.0, 4.0]
     first, last = history[0]["loss"], history[-1]["loss"]
     assert last < 0.6 * first, (first, last)
-    assert float(method.chain_count[1] / method.chain_count[0]) == 12.0  # every parity-6 chain is 12 tokens
+    assert float(method.chain_count[1] / method.chain_count[0]) == 6.0  # every parity-6 chain is 6 tokens
 
 
 def test_config_rejects_bad_values():

@@ -168,9 +168,9 @@ def build_method(run: Run, train_texts: list[str] | None = None, weights: str | 
     return method
 
 
-def texts_of(examples: list[tasks.Example]) -> list[str]:
+def texts_of(examples: list[tasks.Example], separator: str = "\n") -> list[str]:
     """The text a word-level tokenizer for a tiny model is built from."""
-    return [prompt_text(e) + chain_text(e) for e in examples]
+    return [prompt_text(e) + chain_text(e, separator) for e in examples]
 
 
 def train(run: Run, out: str | Path, resume: bool = False, command: str | None = None):
@@ -195,7 +195,7 @@ def train(run: Run, out: str | Path, resume: bool = False, command: str | None =
             raise FileNotFoundError(f"init_from={init_from!r}: no checkpoint there")
         method = build_method(run, weights=found)
     else:
-        method = build_method(run, texts_of(train_examples))
+        method = build_method(run, texts_of(train_examples, task.step_separator))
     trainer = Trainer(method, train_examples, run.train, out, run.describe(command), evaluate=evaluate)
     history = trainer.fit(eval_examples, resume=resume)
     return method, history

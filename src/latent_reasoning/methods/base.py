@@ -59,9 +59,20 @@ def answer_text(example: Example) -> str:
     return f"{ANSWER_MARKER} {example.answer}"
 
 
-def chain_text(example: Example) -> str:
-    """Gold reasoning then the answer: the CoT target."""
-    return "\n".join(example.steps + [answer_text(example)])
+def chain_text(example: Example, separator: str = "\n") -> str:
+    """Gold reasoning then the answer: the CoT target, one step a line (or as the task separates them)."""
+    return separator.join(example.steps + [answer_text(example)])
+
+
+def split_chain(tokenizer, example: Example, k: int, separator: str = "\n") -> tuple[list[int], list[int]]:
+    """The CoT target's ids cut where step k starts (k = len(steps): where the answer starts):
+    (steps 1..k with their separators, the rest). Tokenized as one text, so the rest is exactly what
+    a CoT model reads there; a token holding the separator and the next step's start (a word-level
+    "▁1") goes with the rest."""
+    boundary = sum(len(step) + len(separator) for step in example.steps[:k])
+    encoded = tokenizer(chain_text(example, separator), add_special_tokens=False, return_offsets_mapping=True)
+    cut = sum(1 for _, end in encoded["offset_mapping"] if end <= boundary)
+    return encoded["input_ids"][:cut], encoded["input_ids"][cut:]
 
 
 def encode_pairs(tokenizer, prompts: list[str], targets: list[str], max_length: int) -> Batch:

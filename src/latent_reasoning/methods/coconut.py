@@ -89,7 +89,7 @@ from ..backbones import thought_token_ids
 from ..config import ConfigError, choices
 from ..latent import LoopResult, decode, extend, thought_loop
 from ..tasks import Example
-from .base import Method, MethodConfig, Prediction, answer_text, chain_text, majority_vote, prompt_text
+from .base import Method, MethodConfig, Prediction, chain_text, majority_vote, prompt_text, split_chain
 
 
 # ---- configuration -------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ class Coconut(Method):
         prompts, continuations, given, offsets = [], [], [], []
         for example, plan in zip(examples, plans):
             pauses = [self.tokens.latent] * max(self.reserved_slots() - plan.thoughts, 0)
-            chain, rest = self.split_chain(example, plan.latent_steps)
+            chain, rest = split_chain(self.tokenizer, example, plan.latent_steps, self.task.step_separator)
             continuation = pauses + [self.tokens.eot] + rest + [self.tokenizer.eos_token_id]
             budget = max(self.config.max_length - plan.thoughts, 3)
             continuation = continuation[: max(budget - 1, len(pauses) + 2)]
@@ -351,16 +351,6 @@ class Coconut(Method):
         return LatentBatch(prompt_ids, prompt_mask, n_thoughts, continuation_ids, continuation_mask, labels,
                            torch.tensor(offsets))
 
-    def split_chain(self, example: Example, latent_steps: int) -> tuple[list[int], list[int]]:
-        """The ids of the CoT target after the question, cut where the first `latent_steps` steps end:
-        (those steps with their newlines, the rest: remaining steps and "#### answer"), tokenized as
-        one text so that the rest is what the CoT model read there."""
-        text = "\n".join(example.steps + [answer_text(example)])
-        cut_chars = sum(len(step) + 1 for step in example.steps[:latent_steps])
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = encoded["input_ids"]
-        cut = sum(1 for start, _ in encoded["offset_mapping"] if start < cut_chars)
-        return ids[:cut], ids[cut:]
 
     # -- hooks of the loop (SLR overrides) ---------------------------------------------------------
     def loop_hooks(self, training: bool) -> dict:
@@ -392,7 +382,8 @@ class Coconut(Method):
         if self.config.keep_position:
             thinking.loop.position_offset = batch.position_offset.to(device)
             if training:
-                self.extras["step_tokens"].record(examples, [self.split_chain(e, len(e.steps))[0] for e in examples])
+                chains = [split_chain(self.tokenizer, e, len(e.steps), self.task.step_separator)[0] for e in examples]
+                self.extras["step_tokens"].record(examples, chains)
         logits, _ = extend(self.model, thinking.loop, batch.continuation_ids.to(device),
                            batch.continuation_mask.to(device))
         return batch, thinking, logits
@@ -740,12 +731,13 @@ class StableLatentReasoning(Coconut):
         rows, ends = [], []
         for example in examples:
             question = self._ids(prompt_text(example))
-            target = chain_text(example)
+            separator = self.task.step_separator
+            target = chain_text(example, separator)
             encoded = self.tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
             ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
             positions, end = [], -1
             for step in example.steps:
-                end += len(step) + 1  # character just past the step (its newline)
+                end += len(step) + len(separator)  # character just past the step (its separator)
                 inside = [i for i, (start, _) in enumerate(offsets) if start < end]
                 positions.append(len(question) + (inside[-1] if inside else 0))
             sequence = (question + ids)[: self.config.max_length]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from ..latent import decode, thought_loop
 from ..tasks import Example
-from .base import Method, MethodConfig, Prediction, answer_text, encode_prompts, prompt_text
+from .base import Method, MethodConfig, Prediction, encode_prompts, prompt_text, split_chain
 
 SMOOTHING_SUPPORT = 100  # offsets 0 .. 99, as in iCoT's code
 
@@ -121,14 +121,10 @@ class ICoT(Method):
 
     # -- the data ---------------------------------------------------------------------------------
     def split_target(self, example: Example) -> tuple[list[int], list[int]]:
-        """The CoT target's ids as (chain, answer): chain = the steps with their newlines, answer =
-        "#### answer" and EOS, tokenized as one text so the ids are exactly those `cot` trains on."""
-        chain_chars = sum(len(step) + 1 for step in example.steps)
-        text = "".join(step + "\n" for step in example.steps) + answer_text(example)
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        cut = sum(1 for start, _ in offsets if start < chain_chars)
-        return ids[:cut], ids[cut:] + [self.tokenizer.eos_token_id]
+        """The CoT target's ids as (chain, answer): chain = the steps with their separators, answer =
+        "#### answer" and EOS; exactly the ids `cot` trains on."""
+        chain, answer = split_chain(self.tokenizer, example, len(example.steps), self.task.step_separator)
+        return chain, answer + [self.tokenizer.eos_token_id]
 
     def encode(self, examples: list[Example], removals: list[int]):
         """Right-padded ids, mask, labels and position ids of question + chain[r:] + answer, per example."""

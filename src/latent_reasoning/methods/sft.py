@@ -88,7 +88,7 @@ class CoT(SFTMethod):
     name = "cot"
 
     def target(self, example: Example) -> str:
-        return chain_text(example)
+        return chain_text(example, self.task.step_separator)
 
 
 @dataclass

@@ -41,6 +41,7 @@ class Task:
     hub_config: str | None = None
     hub_splits: dict[str, str] = {}  # our split name -> the hub's split name, where they differ
     answer_prefix = "The answer is"  # what the model writes before its final answer
+    step_separator = "\n"  # between gold steps (and before the answer) in a CoT target
 
     # ---- loading -----------------------------------------------------------------------------
     def load(self, split: str = "test", path: str | Path | None = None, skip_bad: bool = False) -> list[Example]:

@@ -2,14 +2,15 @@
 
 One example per line, in the same layout as the multiplication files:
 
-    1 , 0 , 1 , 1 , 0 , 0 , 1 , 0||1 1 0 1 1 1 0 0 #### 0
+    1 0 1 1 0 0 1 0||1 1 0 1 1 1 0 0 #### 0
 
-The question is the bits, separated by commas; the chain of thought is the running parity after
-each bit (step i is b_1 xor .. xor b_i, so the last step is the answer); the answer is the parity of
-all bits. The commas give the question the stride of the chain, which the methods write one step a
-line (a digit and a newline): step i then reads bit i at the same distance back for every i, a
-lookup a small model learns in a few hundred steps (without them it must count, and a 1M-parameter
-model was still at chance after 120 steps of 128). `bits` (default 16) sets n. A model reading the chain needs one lookup per step; a model
+The question is the bits, space-separated; the chain of thought is the running parity after each
+bit (step i is b_1 xor .. xor b_i, so the last step is the answer); the answer is the parity of all
+bits. The steps are written on one line, separated by spaces (`step_separator`), one token each:
+when step i is predicted the model stands on step i - 1 and reads bit i at the same distance back
+for every i, so each step is a xor of the current token with one fixed-offset lookup. Written one
+step a line, the previous step is one token back too, and a 1M-parameter model was still at chance
+after 200 steps of 128 (the xor of two looked-up bits gives no signal until both lookups form). `bits` (default 16) sets n. A model reading the chain needs one lookup per step; a model
 answering directly must compute an n-way xor in one forward pass, which a small transformer does
 not learn from scratch (see ../shared/notes/small-scale-latent.md: 50% at 16 and 24 bits).
 """
@@ -22,12 +23,13 @@ from pathlib import Path
 from .base import Example, Task, read_lines
 from .exclusions import distinct_examples
 
-LINE_FORMAT = "expected '<bits>||<running parities> #### <parity>', bits separated by ' , ', parities by spaces"
+LINE_FORMAT = "expected '<bits>||<running parities> #### <parity>', space-separated"
 
 
 class Parity(Task):
     name = "parity"
     answer_prefix = "####"
+    step_separator = " "
 
     def __init__(self, bits: int = 16):
         if not isinstance(bits, int) or isinstance(bits, bool) or bits < 2:
@@ -47,7 +49,7 @@ class Parity(Task):
         for bit in bits:
             running ^= bit
             steps.append(str(running))
-        return Example(" , ".join(map(str, bits)), steps, str(running))
+        return Example(" ".join(map(str, bits)), steps, str(running))
 
     def generate(self, n: int, seed: int, exclude: set[str] | None = None) -> list[Example]:
         """`n` distinct bit strings of length `bits`, uniform, never a question in `exclude`."""
@@ -66,7 +68,7 @@ class Parity(Task):
 def parse_line(line: str) -> Example:
     question, bar, rest = line.rstrip().partition("||")
     chain, marker, answer = rest.rpartition(" #### ")
-    bits, steps = question.split(" , "), chain.split(" ")
+    bits, steps = question.split(" "), chain.split(" ")
     if not bar or not marker or not all(token in ("0", "1") for token in bits + steps + [answer]):
         raise ValueError(LINE_FORMAT)
     if len(steps) != len(bits):
