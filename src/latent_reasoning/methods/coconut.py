@@ -93,7 +93,6 @@ class CoconutConfig(MethodConfig):
     mix_probability: float = 0.0  # chance an example trains at a stage drawn uniformly from 0 .. len(steps)
     pad_thoughts: bool = True  # every example gets c * stage thoughts (COCONUT); false: capped at its step count
     eval_thoughts: int | None = None  # thoughts at answer time; default c * stages
-    init_from: str | None = None  # a `cot` checkpoint folder to start from (run.py loads it)
 
     def check(self) -> None:
         for key in ("c", "stages", "steps_per_stage"):
