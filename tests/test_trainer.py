@@ -172,3 +172,22 @@ def test_config_errors_name_the_key_and_the_choices(values, named):
         assert "no-cot" in str(error.value)
     if "decoding" in values:
         assert "self-consistency" in str(error.value)
+
+
+def test_saving_and_answering_are_quiet(tmp_path, examples, capfd):
+    """No progress bar of transformers' at each save, no FutureWarning from the library's own calls."""
+    import warnings
+
+    from latent_reasoning.backbones import add_lora
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for name in ("cot", "coconut"):
+            run = tiny_run(method=name, max_new_tokens=4)
+            method = build_method(run, texts_of(examples))
+            method.loss(examples[:2], 0)
+            method.answer(examples[:2])
+            capfd.readouterr()
+            checkpoint.write(tmp_path / name, method, run.describe("test"))
+            assert "Writing model shards" not in capfd.readouterr().err
+        add_lora(method.model)
