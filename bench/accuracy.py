@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from latent_reasoning import checkpoint, methods, tasks
+from latent_reasoning import checkpoint, tasks
 from latent_reasoning.evaluate import evaluate
 from latent_reasoning.run import make_run, train
 
@@ -78,9 +78,8 @@ def main() -> None:
                       "train_data": str(data), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                       "warmup_steps": max(args.steps // 20, 1), "save_every": 0, "eval_size": 0,
                       "log_with": "none", "seed": seed, **options}
-            if start_from:  # coconut and slr have init_from; other methods load the checkpoint as their model
-                key = "init_from" if hasattr(methods.get(method).Config, "init_from") else "model"
-                values[key] = str(Path(args.runs) / f"{args.task}-{start_from}-seed{seed}" / "checkpoint")
+            if start_from:
+                values["init_from"] = str(Path(args.runs) / f"{args.task}-{start_from}-seed{seed}" / "checkpoint")
             if reuse:
                 model, train_seconds = trained[reuse]
                 model.config = type(model.config)(**{**model.config.to_dict(), **options})

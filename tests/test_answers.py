@@ -63,6 +63,13 @@ def test_extract_final(text, span):
         ("The answer is", "18", False),
         ("I do not know.", "18", False),
         ("So she makes 18 dollars. In 2 days she makes 36.", "18", False),
+        ("The answer is 70000 because 3 + 4 = 7.", "70000", True),
+        ("The answer is 70000 because 3 + 4 = 7.", "7", False),
+        ("The answer is 18 or 19.", "18", False),
+        ("The answer is 18 or 19.", "19", False),
+        ("The answer is between 18 and 19.", "18", False),
+        ("It is between 18 and 19 dollars.", "19", False),
+        ("#### 18 (rounded down)", "18", True),
     ],
 )
 def test_match_number(text, gold, right):
@@ -159,6 +166,11 @@ def test_match_choice(text, gold, options, right):
         ("So the answer is yes, not no.", True, True),
         ("I cannot tell.", True, False),
         ("I cannot tell.", False, False),
+        ("The answer is not True.", True, False),
+        ("The answer is not True.", False, False),
+        ("#### True or False", True, False),
+        ("#### True or False", False, False),
+        ("Alex is happy. So true", True, True),
     ],
 )
 def test_match_bool(text, gold, right):
@@ -171,8 +183,14 @@ def test_match_bool(text, gold, right):
         ("So Tom is a lempus.", True),
         ("Tom is a lempus.", True),
         ("Tom is a terpus. Every terpus is a brimpus. Every brimpus is a lempus.\n#### Tom is a lempus.", True),
-        ("lempus", True),
+        ("#### Tom is a lempus", True),
+        ("The answer is Tom is an lempus.", True),
+        ("lempus", False),  # COCONUT's criterion: the answer sentence, person and category
         ("Tom is a scrompus.", False),
+        ("Bob is a lempus.", False),
+        ("#### Tom is not a lempus.", False),
+        ("#### Tom is a lempus or scrompus.", False),
+        ("#### Every terpus is a lempus.", False),
         ("Every terpus is a lempus. So Tom is a scrompus.", False),
         ("#### Tom is a scrompus. Tom is a lempus.", False),
         ("", False),
@@ -194,7 +212,16 @@ def test_match_entity_with_an():
         ("####  5 5 6 0 8 2 0 1 \n3 4 * 1 2", True),
         ("#### 5 5 6 0 8 2 0 2", False),
         ("#### 5 5 6 0 8 2 0", False),
-        ("5 5 6 0 8 2 0 1", False),
+        ("5 5 6 0 8 2 0 1", True),  # the whole text is the answer
+        ("The answer is 5 5 6 0 8 2 0 1.", True),
+        ("The answer is 10280655", True),
+        ("#### 10,280,655.", True),
+        ("10280655", True),
+        ("The answer is 10280656", False),
+        ("#### 5 5 6 0 8 2 0 1 or 5 5 6 0 8 2 0 2", False),
+        ("#### 5 5 6 0 8 2 0 1 0", False),
+        ("The answer is 55608201", False),  # reversed digits are not the product as an integer
+        ("3 4 * 1 2 5 5 6 0 8 2 0 1", False),
     ],
 )
 def test_match_digits(text, right):

@@ -80,3 +80,20 @@ def test_task_options_from_the_command_line_as_a_mapping_or_one_key_each(capsys)
         parse_overrides(["task_options=2"])
     assert main(["train", "--out", "unused", "method=cot", "task=multiplication", "model=tiny-5m", "task_options=2"]) == 2
     assert "task_options" in capsys.readouterr().err
+
+
+def test_help_answers_without_importing_torch():
+    """`latent --help` lists commands, methods and tasks from their names alone (bench/help_speed.py times it)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import latent_reasoning
+
+    code = ("import sys\nfrom latent_reasoning.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(name for name in ('torch', 'transformers', 'peft') if name in sys.modules))")
+    source = str(Path(latent_reasoning.__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": source})
+    assert "latent" in result.stdout and result.stdout.strip().splitlines()[-1] == "[]"

@@ -229,6 +229,43 @@ def test_grade_reads_the_final_answer(name, file, right, wrong):
     assert task.grade(f"{task.answer_prefix} {example.answer}", example)
 
 
+def test_multiplication_grade_takes_every_phrasing_of_the_product_and_nothing_else():
+    task, example = tasks.get("multiplication"), _first("multiplication", "multiplication_4x4_valid.txt")
+    a, b = (int("".join(operand.split()[::-1])) for operand in example.question.split(" * "))
+    product = a * b
+    for right in (f"#### {example.answer}", f"The answer is {example.answer}", f"The answer is {example.answer}.",
+                  f"#### {product}", f"The answer is {product}.", f"{product:,}", str(product)):
+        assert task.grade(right, example), right
+    for wrong in (f"#### {product + 1}", f"The answer is {product} or {product + 1}", f"#### {example.answer} 0",
+                  f"The answer is {str(product)[::-1]}", f"#### {example.answer} apples", ""):
+        assert not task.grade(wrong, example), wrong
+
+
+def test_prosqa_grade_needs_the_answer_sentence_right_person_and_category():
+    task, example = tasks.get("prosqa"), _first("prosqa", "prosqa_valid.json")
+    person, right_category = example.answer.rstrip(".").split(" is a ")
+    options = example.question.rsplit(f"Is {person} a ", 1)[1].rstrip("?").split(" or ")
+    wrong_category = next(option for option in options if option != right_category)
+    other_person = next(name for name in ("Alex", "Bob", "Max") if name != person)
+    for right in (example.answer, f"#### {example.answer}", f"The answer is {person} is a {right_category}",
+                  f"So {person} is a {right_category}."):
+        assert task.grade(right, example), right
+    for wrong in (f"#### {person} is a {wrong_category}.", f"#### {other_person} is a {right_category}.",
+                  f"#### {person} is not a {right_category}.", f"#### {person} is a {options[0]} or {options[1]}.",
+                  f"#### {example.steps[0]}", f"#### {right_category}", f"Every {wrong_category} is a {right_category}."):
+        assert not task.grade(wrong, example), wrong
+
+
+def test_prontoqa_grade_rejects_negations_and_both_answers():
+    task, example = tasks.get("prontoqa"), _first("prontoqa", "prontoqa_valid.json")
+    other = "False" if example.answer == "True" else "True"
+    for right in (f"#### {example.answer}", f"The answer is {example.answer.lower()}.", f"{example.steps[-1]} {example.answer}"):
+        assert task.grade(right, example), right
+    for wrong in (f"#### {other}", f"#### not {example.answer}", f"The answer is {example.answer} or {other}.",
+                  f"The answer is {other} or {example.answer}.", "True or False", f"#### {example.steps[-1]}"):
+        assert not task.grade(wrong, example), wrong
+
+
 def test_prontoqa_grade_for_a_false_answer():
     example = tasks.get("prontoqa").load(path=FIXTURES / "prontoqa_valid.json")[1]
     assert example.answer == "False"

@@ -211,6 +211,18 @@ def test_gold_answers_grade_right_and_others_wrong(name, split):
             assert not task.grade(f"#### {other.answer}", example)
 
 
+def test_gsm8k_grade_rejects_hedges_and_ignores_the_explanation():
+    example = next(e for e in tasks.get("gsm8k").load("test", path=FIXTURES / "gsm8k") if e.answer == "70000")
+    task, answer = tasks.get("gsm8k"), int(example.answer)
+    for right in (f"The answer is {answer} because 3 + 4 = 7.", f"#### {answer:,}", f"The profit is ${answer}.",
+                  f"The answer is 200000 - 130000 = {answer} dollars."):
+        assert task.grade(right, example), right
+    for wrong in (f"The answer is {answer} or {answer + 1}.", f"The answer is {answer - 1} or {answer}.",
+                  f"The answer is between {answer - 1} and {answer + 1}.", f"#### {answer - 1}",
+                  f"The answer is 7 because 3 + 4 = {answer}."):
+        assert not task.grade(wrong, example), wrong
+
+
 # ---- malformed records -----------------------------------------------------------------------------
 
 

@@ -69,6 +69,40 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, examples):
     assert any(not torch.equal(fresh[name], got[name]) for name in fresh)
 
 
+def test_the_checkpoint_is_written_before_the_final_evaluation(tmp_path, examples):
+    run = tiny_run(save_every=0, eval_size=4)  # no periodic saves: only the final one
+    method = build_method(run, texts_of(examples))
+
+    def evaluation_fails(method, examples, batch_size):
+        raise RuntimeError("the final evaluation failed")
+
+    trainer = Trainer(method, examples, run.train, tmp_path, run.describe("test"), evaluate=evaluation_fails)
+    with pytest.raises(RuntimeError, match="final evaluation"):
+        trainer.fit(eval_examples=examples[:4])
+    saved = checkpoint.find(tmp_path / "checkpoint")
+    assert json.loads((saved / "trainer_state.json").read_text())["step"] == run.train.steps
+    reloaded = load_method(saved)
+    for name, tensor in weights(method).items():
+        torch.testing.assert_close(reloaded.model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_ctrl_c_saves_the_steps_done_since_the_last_checkpoint(tmp_path, examples):
+    run = tiny_run()  # save_every=4
+    method = build_method(run, texts_of(examples))
+    real_loss = method.loss
+
+    def ctrl_c_in_step_six(batch, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_loss(batch, step)
+
+    method.loss = ctrl_c_in_step_six
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(method, examples, run.train, tmp_path, run.describe("test")).fit()
+    saved = checkpoint.find(tmp_path / "checkpoint")
+    assert json.loads((saved / "trainer_state.json").read_text())["step"] == 5  # not 4, the last periodic save
+
+
 def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, examples):
     run = tiny_run(save_every=2)
     method = build_method(run, texts_of(examples))
@@ -138,3 +172,22 @@ def test_config_errors_name_the_key_and_the_choices(values, named):
         assert "no-cot" in str(error.value)
     if "decoding" in values:
         assert "self-consistency" in str(error.value)
+
+
+def test_saving_and_answering_are_quiet(tmp_path, examples, capfd):
+    """No progress bar of transformers' at each save, no FutureWarning from the library's own calls."""
+    import warnings
+
+    from latent_reasoning.backbones import add_lora
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for name in ("cot", "coconut"):
+            run = tiny_run(method=name, max_new_tokens=4)
+            method = build_method(run, texts_of(examples))
+            method.loss(examples[:2], 0)
+            method.answer(examples[:2])
+            capfd.readouterr()
+            checkpoint.write(tmp_path / name, method, run.describe("test"))
+            assert "Writing model shards" not in capfd.readouterr().err
+        add_lora(method.model)

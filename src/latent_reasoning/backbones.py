@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -378,7 +379,10 @@ def add_lora(
         target_modules=target_modules,
         trainable_token_indices=trainable_token_ids,
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft asks transformers for `is_gradient_checkpointing`, which transformers 5 deprecates: not ours to change
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

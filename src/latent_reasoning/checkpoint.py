@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, read_yaml
 
 
 def is_peft(folder: Path) -> bool:
@@ -36,7 +39,8 @@ def write(folder: Path, method, run: dict[str, Any], state: dict[str, Any] | Non
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    method.model.save_pretrained(tmp, safe_serialization=True)
+    with quiet_progress_bars():  # transformers' "Writing model shards" bar would break the training bar
+        method.model.save_pretrained(tmp, safe_serialization=True)
     method.tokenizer.save_pretrained(tmp)
     extras = {name: tensor.detach().contiguous().cpu() for name, tensor in method.extra_state().items()}
     if extras:
@@ -55,6 +59,19 @@ def write(folder: Path, method, run: dict[str, Any], state: dict[str, Any] | Non
     return folder
 
 
+@contextmanager
+def quiet_progress_bars():
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def find(folder: Path) -> Path | None:
     """The complete checkpoint at `folder`, or the previous one if a kill came between the two renames."""
     folder = Path(folder)
@@ -65,7 +82,11 @@ def find(folder: Path) -> Path | None:
 
 
 def read_run(folder: Path) -> dict[str, Any]:
-    return yaml.safe_load((Path(folder) / "config.yaml").read_text())
+    """The run description in config.yaml; malformed YAML names the file and line."""
+    saved = read_yaml(Path(folder) / "config.yaml")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{Path(folder) / 'config.yaml'}: expected a run description (a mapping)")
+    return saved
 
 
 def read_extras(folder: Path) -> dict[str, torch.Tensor]:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import typing
+from pathlib import Path
 from typing import Any
 
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used; raised before any work starts."""
+
+
+def unknown_key(key: str, valid: list[str], owner: str) -> ConfigError:
+    """The error for a key nobody owns, suggesting the nearest valid one (a typo is the usual cause)."""
+    nearest = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+    return ConfigError(f"unknown key {key!r} for {owner}{hint} (valid keys: {', '.join(sorted(valid))})")
 
 
 def choices(*values: str, default: str) -> Any:
@@ -31,15 +41,18 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{name}={value!r}: expected true or false")
     if kind in (int, float):
+        expected = "an integer" if kind is int else "a number"
         try:
-            number = float(value) if isinstance(value, str) else value
-            if kind is int:
-                if float(number) != int(float(number)):
-                    raise ValueError
-                return int(float(number))
-            return float(number)
+            number = float(value) if isinstance(value, str) else float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'}") from None
+            raise ConfigError(f"{name}={value!r}: expected {expected}") from None
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise ConfigError(f"{name}={value!r}: expected {expected}, finite")
+        if kind is int:
+            if number != int(number):
+                raise ConfigError(f"{name}={value!r}: expected {expected}")
+            return int(number)
+        return number
     if kind is str:
         if value is None:  # e.g. YAML reads an unquoted "#..." as a comment, leaving nothing
             raise ConfigError(f"{name}: no value (quote values that start with '#' in YAML)")
@@ -56,8 +69,30 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     return value
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; a syntax error or undecodable bytes name the file and line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text ({error.reason})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{where}: malformed YAML ({problem})") from None
+
+
 class Config:
-    """Base for config dataclasses: values are coerced to their annotated types and checked on construction."""
+    """Base for config dataclasses: values are coerced to their annotated types and checked on construction.
+
+    Every number must be finite and 0 or more (no key here means anything when negative); the keys in
+    `positive_keys` must be above 0. `check` adds a subclass's own rules.
+    """
+
+    positive_keys: typing.ClassVar[tuple[str, ...]] = ()  # keys that must be above 0
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -66,6 +101,11 @@ class Config:
             allowed = field.metadata.get("choices")
             if allowed and value not in allowed:
                 raise ConfigError(f"{field.name}={value!r}: choose one of {list(allowed)}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if field.name in self.positive_keys and value <= 0:
+                    raise ConfigError(f"{field.name}={value!r}: must be positive")
+                if value < 0:
+                    raise ConfigError(f"{field.name}={value!r}: must be 0 or more")
             setattr(self, field.name, value)
         self.check()
 
@@ -80,13 +120,8 @@ class Config:
     def from_dict(cls, values: dict[str, Any]):
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
-            raise ConfigError(f"unknown key {unknown[0]!r} for {cls.__name__}; valid keys: {cls.keys()}")
+            raise unknown_key(unknown[0], cls.keys(), cls.__name__)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name}={value!r}: must be positive")

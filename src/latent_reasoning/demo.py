@@ -60,12 +60,14 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[dict]:
                       "lr": 1e-3, "warmup_steps": sizes["steps"] // 20, "save_every": 0, "eval_size": 0,
                       "log_with": "none", "seed": seed, "max_new_tokens": 32, **extra}
             if method_name == "latro":
-                values.update(model=str(out / base / "checkpoint"), steps=sizes["latro_steps"], warmup_steps=0)
+                values.update(init_from=str(out / base / "checkpoint"), steps=sizes["latro_steps"], warmup_steps=0)
             elif base is not None:  # a latent method: its curriculum on top of the cot checkpoint
                 values.update(init_from=str(out / base / "checkpoint"), steps_per_stage=sizes["steps_per_stage"],
                               steps=2 * sizes["steps_per_stage"], warmup_steps=0)
             started = time.perf_counter()
-            method, _ = train(make_run(values), out / label, command=f"latent demo{' --quick' if quick else ''} --seed {seed}")
+            # the demo's folders are its own: a second demo replaces the first
+            method, _ = train(make_run(values), out / label, overwrite=True,
+                              command=f"latent demo{' --quick' if quick else ''} --seed {seed}")
             train_seconds = time.perf_counter() - started
             trained[label] = (method, train_seconds)
         summary = evaluate(method, held_out, batch_size=100, out=out / label / "eval",

@@ -11,7 +11,6 @@ per example and the cosine similarity between thoughts, averaged over the exampl
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -131,20 +130,7 @@ def inspect(checkpoint_folder: str | Path, examples: list[Example], top_k: int =
     return report(method, examples, top_k=top_k, png_path=png_path)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a coconut or slr checkpoint folder (run/checkpoint)")
-    parser.add_argument("--data", help="file or folder to read questions from (default: generated with --seed for "
-                                       "generated tasks, else the hub)")
-    parser.add_argument("--split", default="valid", help="split to read (default: valid)")
-    parser.add_argument("--limit", type=int, default=3, help="questions to inspect (default: 3)")
-    parser.add_argument("--seed", type=int, default=1, help="seed for generated questions (default: 1)")
-    parser.add_argument("--top-k", type=int, default=5, help="tokens shown per thought (default: 5)")
-    parser.add_argument("--png", help="also plot thought norms and similarities to this PNG (default: none)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="method answering options, e.g. eval_thoughts=4 halting=none")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args) -> int:
     from . import tasks
     from .run import check_answering_keys, find_run, load_examples, parse_overrides
 

@@ -111,7 +111,7 @@ def _forward(model, x: torch.Tensor, mask: torch.Tensor, cache: Cache, hidden: b
         **_inputs(x),
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=cache,
+        cache=cache,  # transformers 5 names it `cache`; `past_key_values` warns that it is deprecated
         use_cache=True,
         output_hidden_states=hidden,
         # a pass run for its hidden state reads no logits: skip the LM head on all but one position

@@ -4,10 +4,10 @@
         the method may change its curriculum (and ask for a fresh optimizer)
         for each micro-batch: loss = method.loss(examples, step); backward(loss / accumulation)
         average gradients across processes; clip; AdamW step; warmup + cosine schedule
-        log, evaluate every `eval_every`, checkpoint every `save_every`
+        log; checkpoint every `save_every` and before each evaluation (every `eval_every`, and the last step)
 
 Data order is a function of (seed, step, process), and RNG states are checkpointed, so `resume`
-continues a killed run exactly. Devices and mixed precision come from accelerate.
+continues a killed run exactly. Ctrl-C saves the steps done since the last checkpoint. Devices and mixed precision come from accelerate.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import checkpoint
-from .config import Config, ConfigError, choices
+from .config import Config, choices
 from .tasks import Example
 
 
@@ -46,12 +46,7 @@ class TrainConfig(Config):
     seed: int = 0
     log_with: str = choices("tensorboard", "wandb", "none", default="tensorboard")
 
-    def check(self) -> None:
-        for key in ("steps", "batch_size", "grad_accum", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError(f"lr={self.lr}: must be positive")
+    positive_keys = ("steps", "batch_size", "grad_accum", "lr", "eval_batch_size")  # the others may be 0
 
 
 class TrainingDiverged(RuntimeError):
@@ -133,6 +128,19 @@ class Trainer:
 
         progress = tqdm(range(start, config.steps), initial=start, total=config.steps,
                         disable=not accelerator.is_main_process, desc=f"train {method.name}", dynamic_ncols=True)
+        self._saved_step = start
+        try:
+            self._steps(progress, optimizer, scheduler)
+        except KeyboardInterrupt:  # Ctrl-C: keep the steps done since the last save
+            if self.history and self.history[-1]["step"] > self._saved_step:
+                self.save(self.history[-1]["step"], optimizer, scheduler)
+            raise
+        progress.close()
+        accelerator.end_training()
+        return self.history
+
+    def _steps(self, progress, optimizer, scheduler) -> None:
+        config, accelerator, method = self.config, self.accelerator, self.method
         tokens_seen, started = 0.0, time.perf_counter()
         # records count training seconds across resumes, so a run split over sessions reports its total
         seconds_before = self.history[-1].get("seconds", 0.0) if self.history else 0.0
@@ -162,19 +170,17 @@ class Trainer:
             record.update({k: float(v) for k, v in metrics.items() if k != "tokens"})
             progress.set_postfix(loss=f"{total:.4f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
             done = step + 1 == config.steps
-            if (config.eval_every and (step + 1) % config.eval_every == 0) or done:
+            evaluating = (config.eval_every and (step + 1) % config.eval_every == 0) or done
+            self.history.append(record)
+            if evaluating or (config.save_every and (step + 1) % config.save_every == 0):
+                self.save(step + 1, optimizer, scheduler)  # before evaluating: an error there loses no steps
+            if evaluating:
                 scores = self._evaluate()
                 if scores and accelerator.is_main_process:
                     progress.write(f"step {step + 1}: loss {total:.4f}, held-out accuracy {scores['eval_accuracy']:.3f}, "
                                    f"{scores['eval_forward_passes']:.1f} forward passes per answer")
                 record.update(scores)
             accelerator.log(record, step=step + 1)
-            self.history.append(record)
-            if (config.save_every and (step + 1) % config.save_every == 0) or done:
-                self.save(step + 1, optimizer, scheduler)
-        progress.close()
-        accelerator.end_training()
-        return self.history
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.method.trainable_parameters(), lr=self.config.lr,
@@ -212,6 +218,7 @@ class Trainer:
         state = {"step": step, "scheduler": scheduler.state_dict(), "python_rng": random.getstate(),
                  "history": self.history}
         checkpoint.write(self.out / "checkpoint", self.method, self.run, state, optimizer)
+        self._saved_step = step
         self.accelerator.wait_for_everyone()
 
     def _resume(self, optimizer, scheduler) -> int:

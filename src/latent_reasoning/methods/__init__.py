@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Method, MethodConfig, Prediction
-
 REGISTRY = {
     "no-cot": "sft:NoCoT",
     "cot": "sft:CoT",
@@ -21,11 +19,18 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
-def get(name: str) -> type[Method]:
+def get(name: str) -> type:
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; choose one of {names()}")
     module_name, class_name = REGISTRY[name].split(":")
     return getattr(importlib.import_module(f".{module_name}", __name__), class_name)
+
+
+def __getattr__(name: str):
+    """Method, MethodConfig and Prediction on first use: they import torch, which `latent --help` must not wait for."""
+    if name in ("Method", "MethodConfig", "Prediction"):
+        return getattr(importlib.import_module(".base", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["Method", "MethodConfig", "Prediction", "get", "names"]

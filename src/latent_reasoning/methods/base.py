@@ -27,6 +27,9 @@ class MethodConfig(Config):
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
+    init_from: str | None = None  # a checkpoint (or run folder) whose weights training starts from
+
+    positive_keys = ("max_length", "max_new_tokens", "samples", "temperature", "lora_r", "lora_alpha")
 
 
 @dataclass

@@ -107,7 +107,6 @@ class CoconutConfig(MethodConfig):
     eval_thoughts: int | None = None  # thoughts at answer time; default c * stages
     keep_position: bool = False  # <eot> and what follows keep their stage-0 position ids (module docstring)
     reserve_slots: bool = False  # c * stages slots from stage 0; those not yet thoughts hold <latent> tokens
-    init_from: str | None = None  # a `cot` checkpoint folder to start from (run.py loads it)
 
     def check(self) -> None:
         for key in ("c", "stages", "steps_per_stage"):

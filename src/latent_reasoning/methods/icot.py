@@ -52,7 +52,6 @@ class ICoTConfig(MethodConfig):
     smoothing_lambda: float | None = 4.0  # removal smoothing; None: every example drops exactly removed(step)
     reset_optimizer: bool = True  # clear AdamW's moments at each removal
     keep_position: bool = False  # tokens after the removed span keep their full-sequence position ids
-    init_from: str | None = None  # a `cot` checkpoint folder to start from (run.py loads it)
 
     def check(self) -> None:
         for key in ("tokens_per_removal", "steps_per_removal"):

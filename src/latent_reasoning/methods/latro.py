@@ -190,7 +190,7 @@ def sample(
     ids = prompt_ids if share_prompt else prompt_ids.repeat_interleave(k, 0)
     first_mask = mask if share_prompt else mask.repeat_interleave(k, 0)
     positions = (first_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=first_mask, position_ids=positions, past_key_values=cache,
+    logits = model(input_ids=ids, attention_mask=first_mask, position_ids=positions, cache=cache,
                    use_cache=True, logits_to_keep=1).logits[:, -1].float()
     if share_prompt:
         cache.batch_repeat_interleave(k)
@@ -242,7 +242,7 @@ def sample(
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         position = (prompt_length[alive] + t).unsqueeze(1)
         logits = model(input_ids=picked.unsqueeze(1), attention_mask=mask, position_ids=position,
-                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+                       cache=cache, use_cache=True).logits[:, -1].float()
         passes += 1
     return Samples(tokens[:, :steps], lengths, kept, finished, logprobs[:, :steps], passes)
 

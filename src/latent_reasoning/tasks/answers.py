@@ -5,7 +5,8 @@
 `\\boxed{...}`. Every `match_*` grader starts from that span and compares it with a gold answer of
 one kind: a number, a LaTeX expression, a choice letter, a yes/no, a ProsQA entity, iCoT digits.
 When a text has no marker each grader falls back to a rule stated in its docstring (the last
-number, the last choice token, ...). A text with a marker but no usable answer after it is wrong.
+sentence, the last choice token, ...). A text with a marker but no usable answer after it is wrong.
+The span must give one answer: a hedge ("18 or 19"), a negation ("not True") or both options is wrong.
 
 Numbers and LaTeX are compared by math-verify, imported on first use (it pulls in sympy). Its
 timeouts rely on SIGALRM, which only works on the main thread, so elsewhere they are switched off.
@@ -40,7 +41,12 @@ _CHOICE_IN_PROSE = re.compile(
 )
 _CHOICE_AT_END = re.compile(r"(?<![A-Za-z'])([A-Z])[.)!]*\s*$")
 _BOOL = re.compile(r"\b(true|false|yes|no)\b", re.IGNORECASE)
-_CATEGORY = re.compile(r"\bis\s+an?\s+([A-Za-z][\w-]*)", re.IGNORECASE)
+# Words that may open an answer sentence without changing it: "So Tom is a lempus.", "Thus, yes".
+_CONNECTIVE = r"(?:(?:so|thus|therefore|hence)\b,?\s*)?"
+_LEADING_BOOL = re.compile(rf"{_CONNECTIVE}(true|false|yes|no)\b(.*)", re.IGNORECASE | re.DOTALL)
+_ENTITY_SENTENCE = re.compile(rf"{_CONNECTIVE}([A-Z][\w-]*) is an? ([A-Za-z][\w-]*)", re.IGNORECASE)
+# Where an explanation starts after the answer: "70000 because 3 + 4 = 7", "18 eggs, 2 dollars each".
+_EXPLANATION = re.compile(r",\s|;|\(|\b(?:because|since|as|so|given|which|from|for|when|if)\b", re.IGNORECASE)
 
 
 def extract_final(text: str) -> str | None:
@@ -102,18 +108,36 @@ def _parse_number(token: str) -> list:
 def match_number(text: str, gold: str) -> bool:
     """True when the number answered in `text` equals `gold` (a plain number such as "18" or "-0.5").
 
-    The answer is the first number in the final span (after its last "=", so "9 * 2 = 18" answers 18);
-    without a marker, the last number in the text. Commas, "$", units and trailing words are ignored;
-    fractions ("3/4", "\\frac{3}{4}") and percents ("50%" equals 50 or 0.5) are compared by value.
+    The answer is the final span, or without a marker the last sentence holding a number. Its claim
+    runs from the start to where an explanation begins ("because", "since", ", ", "(", ...), so
+    "70000 because 3 + 4 = 7" answers 70000; a claim that is an equation answers the value after its
+    last "=" ("9 * 2 = 18" answers 18). The claim must name exactly one number: a hedge ("18 or 19",
+    "between 18 and 19") is wrong. Commas, "$", units and other words are ignored; fractions ("3/4",
+    "\\frac{3}{4}") and percents ("50%" equals 50 or 0.5) are compared by value.
     """
     span = extract_final(text)
     if span is None:
-        numbers = _NUMBER.findall(text)
-        number = numbers[-1] if numbers else None
-    else:
-        numbers = _NUMBER.findall(span.rsplit("=", 1)[-1])
-        number = numbers[0] if numbers else None
-    return number is not None and _verify(_parse_number(gold.strip()), _parse_number(number))
+        span = _last_sentence(text, containing=_NUMBER)
+    numbers = _claimed_numbers(span)
+    return len(numbers) == 1 and _verify(_parse_number(gold.strip()), _parse_number(numbers[0]))
+
+
+def _claimed_numbers(span: str) -> list[str]:
+    """The numbers of the span's claim: after its last "=", before any explanation that follows the first number."""
+    first = _NUMBER.search(span)
+    if first is None:
+        return []
+    explanation = _EXPLANATION.search(span, first.end())
+    claim = span[: explanation.start()] if explanation else span
+    return _NUMBER.findall(claim.rsplit("=", 1)[-1])
+
+
+def _last_sentence(text: str, containing: re.Pattern | None = None) -> str:
+    """The last sentence or line of `text` (the last one matching `containing`, if given), without its end mark."""
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n", text.strip()) if s.strip()]
+    if containing is not None:
+        sentences = [s for s in sentences if containing.search(s)]
+    return sentences[-1].strip().rstrip(".!?").strip() if sentences else ""
 
 
 def _parse_latex(expression: str) -> list:
@@ -204,40 +228,55 @@ def _option_named(text: str, options: dict[str, str]) -> str | None:
 
 
 def match_bool(text: str, gold: bool) -> bool:
-    """True when `text` answers `gold`: the first True/False/Yes/No in the final span, or without a
-    marker the last such word in the text (case-insensitive)."""
+    """True when `text` answers `gold`: the final span (without a marker, the last sentence) starts with
+    True/False/Yes/No, after an optional "So"/"Thus"/"Therefore", and never names the other answer
+    except as "not X" ("yes, not no" is yes). Wrong: "not True", "True or False". Case-insensitive."""
     span = extract_final(text)
-    words = _BOOL.findall(text if span is None else span)
-    if not words:
+    if span is None:
+        span = _last_sentence(text)
+    leading = _LEADING_BOOL.fullmatch(span.strip())
+    if leading is None:
         return False
-    word = words[-1] if span is None else words[0]
-    return (word.lower() in ("true", "yes")) == gold
+    answer = leading.group(1).lower() in ("true", "yes")
+    rest = leading.group(2)
+    for other in _BOOL.finditer(rest):
+        negated = re.search(r"\bnot\s+$", rest[: other.start()], re.IGNORECASE)
+        if (other.group(1).lower() in ("true", "yes")) != answer and not negated:
+            return False
+    return answer == gold
 
 
-def _category(sentence: str) -> str | None:
-    """The word after the last "is a"/"is an" ("Tom is a lempus." -> "lempus"), else the last word."""
-    after_is_a = _CATEGORY.findall(sentence)
-    if after_is_a:
-        return after_is_a[-1].lower()
-    words = re.findall(r"[A-Za-z][\w-]*", sentence)
-    return words[-1].lower() if words else None
+def _entity(sentence: str) -> tuple[str, str] | None:
+    """(person, category) of an answer sentence "Tom is a lempus" (after an optional "So"), lowercased."""
+    match = _ENTITY_SENTENCE.fullmatch(sentence.strip().rstrip(".").strip())
+    return (match.group(1).lower(), match.group(2).lower()) if match else None
 
 
 def match_entity(text: str, gold: str) -> bool:
-    """True when `text` names the same category as the ProsQA answer `gold` ("Tom is a lempus."):
-    the word after the last "is a"/"is an" in the final span, or without a marker in the last sentence."""
+    """True when `text` answers the ProsQA gold sentence `gold` ("Tom is a lempus."), COCONUT's criterion:
+    the final span, or without a marker the last sentence, is "<person> is a(n) <category>" (an optional
+    "So"/"Thus" before it) with the gold person and category. Wrong: another person or category, "Tom is
+    not a lempus", "Tom is a lempus or scrompus", a fact about a concept ("Every terpus is a lempus")."""
     span = extract_final(text)
     if span is None:
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
-        span = sentences[-1] if sentences else ""
-    predicted = _category(span)
-    return predicted is not None and predicted == _category(gold)
+        span = _last_sentence(text)
+    answered = _entity(span)
+    return answered is not None and answered == _entity(gold)
 
 
 def match_digits(text: str, gold: str) -> bool:
-    """True when the digits after the last "####" (to the end of that line) equal `gold`,
-    comparing whitespace-separated tokens ("5 5 6 0 8 2 0 1"); no "####" is wrong."""
-    if "####" not in text:
-        return False
-    answered = text.rsplit("####", 1)[1].split("\n", 1)[0]
-    return answered.split() == gold.split()
+    """True when `text` answers the iCoT product `gold` (digits least-significant first, "5 5 6 0 8 2 0 1").
+
+    The answer is the final span ("#### ...", "The answer is ..."), or without a marker the whole text.
+    Written as iCoT digits it must be exactly the gold digits; written as one ordinary integer
+    ("10280655", "10,280,655") it must be the product. A trailing period is allowed; anything else
+    in the span (a second number, words) makes it wrong.
+    """
+    span = extract_final(text)
+    if span is None:
+        span = text.strip().rstrip(".").strip()
+    tokens = span.split()
+    if len(tokens) > 1:
+        return tokens == gold.split()
+    integer = span.replace(",", "")
+    return integer.isdigit() and int(integer) == int("".join(reversed(gold.split())))

@@ -73,7 +73,11 @@ class Task:
             raise ValueError(f"task {self.name!r} has no hub dataset; pass path= (or generate it)")
         import datasets
 
-        rows = datasets.load_dataset(self.hub_id, self.hub_config, split=self.hub_splits.get(split, split))
+        try:
+            rows = datasets.load_dataset(self.hub_id, self.hub_config, split=self.hub_splits.get(split, split))
+        except ConnectionError as error:  # offline, or the hub is down: say what to do instead
+            raise DataError(f"hub:{self.hub_id}", f"split {split!r}", f"unreachable ({str(error).splitlines()[0]}); "
+                            f"give a local copy (train_data=, eval_data= or --data)") from error
         return self.load_hub_rows(rows, source=f"hub:{self.hub_id}/{split}", skip_bad=skip_bad)
 
     def load_hub_rows(self, rows: Iterable[dict], source: str | Path, skip_bad: bool = False) -> list[Example]:
@@ -112,7 +116,8 @@ def parse_records(
                 raise
             problem = DataError(source, f"{unit} {position}", _describe(error))
             if not skip_bad:
-                raise problem from error
+                raise DataError(source, f"{unit} {position}", f"{_describe(error)} (--skip-bad leaves bad records "
+                                                               f"out)") from error
             bad.append(problem)
     if bad:
         print(f"{source}: skipped {len(bad)} bad record(s); first: {bad[0]}", file=sys.stderr)
@@ -126,17 +131,28 @@ def _describe(error: Exception) -> str:
 
 
 def read_lines(path: Path, parse: Callable[[str], Example], skip_bad: bool) -> list[Example]:
-    """Parse a text file of one record per line; blank lines are skipped, positions are 1-based lines."""
-    with open(path, encoding="utf-8") as handle:
-        numbered = [(number, line.rstrip("\n")) for number, line in enumerate(handle, 1) if line.strip()]
-    return parse_records(numbered, parse, path, "line", skip_bad)
+    """Parse a text file of one record per line; blank lines are skipped, positions are 1-based lines.
+    Each line is decoded on its own, so a line that is not UTF-8 is a bad record like any other."""
+    with open(path, "rb") as handle:
+        numbered = [(number, line) for number, line in enumerate(handle, 1) if line.strip()]
+    return parse_records(numbered, lambda line: parse(_decoded(line).rstrip("\r\n")), path, "line", skip_bad)
+
+
+def _decoded(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte 0x{line[error.start]:02x} at column {error.start + 1})") from None
 
 
 def read_json(path: Path) -> Any:
     """A whole JSON document, with the position of a syntax error in the message."""
+    data = Path(path).read_bytes()
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(path, f"line {line}", f"not UTF-8 text (byte 0x{data[error.start]:02x})") from None
     except json.JSONDecodeError as error:
         raise DataError(path, f"line {error.lineno} column {error.colno}", f"invalid JSON: {error.msg}") from error
 

@@ -35,7 +35,7 @@ def reversed_digits(number: int, width: int) -> str:
 
 class Multiplication(Task):
     name = "multiplication"
-    answer_prefix = "####"  # iCoT's answer marker, which match_digits reads the digits after
+    answer_prefix = "####"  # iCoT's answer marker, what models trained on iCoT data write before the product
 
     def __init__(self, digits: int = 4):
         if not isinstance(digits, int) or isinstance(digits, bool) or digits < 1:
