@@ -1,0 +1,91 @@
+"""Print the README's results table (markdown): one row per task, model and method of the files below.
+
+    python bench/results_table.py > table.md
+
+RESULTS lists the bench/results/*.jsonl files the table summarizes, in the table's order; each entry
+may keep only some of a file's variants (`methods`; the others are in bench/README.md), rename them
+(`names`), and give the task a name (`task`; default: the rows' task and the --task-option values of
+their command). A file
+not there yet is skipped with a note on stderr. A variant's rows are grouped over seeds: accuracy mean
+with the per-seed accuracies in seed order, forward passes per answer averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RESULTS = [
+    {"file": "bench/results/latent-multiplication-2x2.jsonl", "task": "2x2 multiplication (500 held out)",
+     "methods": ["no-cot", "cot", "coconut", "slr"]},
+    {"file": "bench/results/latent-multiplication-4x4.jsonl", "task": "4x4 multiplication (valid, 1000)",
+     "methods": ["no-cot", "cot", "coconut", "slr"]},
+    {"file": "bench/results/prosqa-pairs-long.jsonl", "task": "ProsQA, facts as pairs (valid, 300)",
+     "methods": ["no-cot-2000", "cot-2000", "coconut", "slr"],
+     "names": {"no-cot-2000": "no-cot", "cot-2000": "cot"}},
+    {"file": "bench/results/latro-multiplication-2x2.jsonl", "task": "2x2 multiplication (500 held out)",
+     "names": {"warmup": "cot warm-up (base)", "sft": "cot (sft, +150 steps)", "latro": "latro (+150 steps)"}},
+    {"file": "bench/results/gsm8k-smollm2.jsonl", "task": "GSM8K (test, first 200)"},
+    {"file": "bench/results/parity-16.jsonl"},
+    {"file": "bench/results/graph-h4.jsonl"},
+]
+
+HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
+          "|---|---|---|---|---|---|---|")
+
+
+def task_name(row: dict) -> str:
+    """The row's task with the task options its command set, e.g. "parity (bits=16)"."""
+    options = re.findall(r"--task-option[= ](\S+)", row.get("command", ""))
+    return f"{row['task']} ({', '.join(options)})" if options else row["task"]
+
+
+def label(row: dict) -> str:
+    """The variant a row belongs to: bench/accuracy.py's label, or `arm` for hand-run comparisons."""
+    return row.get("arm") or row["method"]
+
+
+def rows_of(entry: dict) -> list[str]:
+    path = ROOT / entry["file"]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for record in records:
+        key = (entry.get("task") or task_name(record), record["model"], label(record))
+        groups.setdefault(key, []).append(record)
+    keep = entry.get("methods")
+    order = sorted(groups, key=lambda k: keep.index(k[2]) if keep and k[2] in keep else 0)
+    lines = []
+    for key in order:
+        if keep and key[2] not in keep:
+            continue
+        group = sorted(groups[key], key=lambda r: r["seed"])
+        accuracy = [100 * r["accuracy"] for r in group]
+        mean = f"{statistics.mean(accuracy):.1f}%"
+        if len(group) > 1:
+            mean += f" ({' / '.join(f'{a:.1f}' for a in accuracy)})"
+        seeds = ", ".join(str(r["seed"]) for r in group)
+        passes = statistics.mean(r["forward_passes"] for r in group)
+        link = f"[{Path(entry['file']).name}]({entry['file']})"
+        name = entry.get("names", {}).get(key[2], key[2])
+        lines.append(f"| {key[0]} | {key[1]} | {name} | {seeds} | {mean} | {passes:.1f} | {link} |")
+    return lines
+
+
+def main() -> int:
+    print(HEADER)
+    for entry in RESULTS:
+        if not (ROOT / entry["file"]).is_file():
+            print(f"results_table: {entry['file']} not there yet, skipped", file=sys.stderr)
+            continue
+        for line in rows_of(entry):
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
