@@ -191,3 +191,15 @@ def test_saving_and_answering_are_quiet(tmp_path, examples, capfd):
             checkpoint.write(tmp_path / name, method, run.describe("test"))
             assert "Writing model shards" not in capfd.readouterr().err
         add_lora(method.model)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_learning_rate_schedule_after_warmup(tmp_path, examples, schedule):
+    run = tiny_run(steps=6, warmup_steps=2, save_every=0, lr_schedule=schedule)
+    history = Trainer(build_method(run, texts_of(examples)), examples, run.train, tmp_path, run={}).fit()
+    rates = [record["lr"] for record in history]  # the rate after each step's scheduler update
+    assert rates[:2] == pytest.approx([1.5e-3, 3e-3])  # linear warmup
+    if schedule == "constant":
+        assert rates[1:] == pytest.approx([3e-3] * 5)
+    else:
+        assert rates[2] < 3e-3 and rates[-1] == pytest.approx(0.0)

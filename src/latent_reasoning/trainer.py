@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from . import checkpoint
 from .config import Config, choices
@@ -37,6 +37,7 @@ class TrainConfig(Config):
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_steps: int = 20
+    lr_schedule: str = choices("cosine", "constant", default="cosine")  # after warmup; constant suits long curricula
     max_grad_norm: float = 1.0
     mixed_precision: str = choices("auto", "no", "bf16", "fp16", default="auto")
     eval_every: int = 0  # 0: only after the last step
@@ -119,7 +120,10 @@ class Trainer:
         method.model.to(accelerator.device)
         set_seed(config.seed)
         optimizer = self._optimizer()
-        scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+        if config.lr_schedule == "constant":
+            scheduler = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+        else:
+            scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
         start = 0
         if resume:
             start = self._resume(optimizer, scheduler)
