@@ -76,11 +76,11 @@ def continuation_positions(method, example, step):
 
 
 @pytest.mark.parametrize("reserve", [False, True])
-def test_kept_positions_give_the_language_after_the_latent_span_its_stage_zero_positions(base, reserve):
+def test_kept_positions_give_the_language_after_the_latent_span_its_cot_positions(base, reserve):
     example = THREE[0]
     method = make(base, "coconut", c=1, stages=2, steps_per_stage=1, keep_position=True, reserve_slots=reserve)
     tokenizer, special = method.tokenizer, thought_token_ids(method.tokenizer)
-    prompt = len(ids(tokenizer, example.question + "\n")) + 1  # with <bot>
+    question = len(ids(tokenizer, example.question + "\n"))
     slots = 2 if reserve else 0
     chain = ids(tokenizer, "\n".join(example.steps + [f"#### {example.answer}"])) + [tokenizer.eos_token_id]
     for step in range(4):  # stages 0, 1, 2 and 3 = K + 1 (all three steps latent, two thoughts)
@@ -90,8 +90,8 @@ def test_kept_positions_give_the_language_after_the_latent_span_its_stage_zero_p
         removed, rest = split_chain(method.tokenizer, example, plan.latent_steps)
         assert removed + rest + [tokenizer.eos_token_id] == chain
         pauses = max(slots - plan.thoughts, 0)
-        # <eot> then chain token t (counted in the full chain) at P + S_0 + 1 + t, whatever the stage
-        expected_eot = prompt + slots + len(removed)
+        # <eot> then chain token t (counted in the full chain) at q + t, as in the plain CoT sequence
+        expected_eot = question + len(removed) - 1
         assert positions[pauses:] == [expected_eot + i for i in range(len(rest) + 2)], step
     shifted = make(base, "coconut", c=1, stages=2, steps_per_stage=1)
     first, _, _ = continuation_positions(shifted, example, 0)

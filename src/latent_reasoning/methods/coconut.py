@@ -34,11 +34,12 @@ stage's c min(k, K), as COCONUT's do). COCONUT without padding would use min(K, 
 which reads the gold step count, so we never do.
 
 Positions that do not move (for small models trained from scratch, which find what they read by
-relative position). `keep_position=true` gives <eot> and the language after it the position ids
-they had at stage 0, as if the replaced steps' tokens were still there: with P the prompt's length
-(with <bot>), S_0 the slots at stage 0 and r the tokens of the replaced steps (their text and
-newlines), <eot> sits at P + S_0 + r at every stage (the thoughts keep P .. P + n - 1, so the span
-may overlap them when n > S_0 + r). At answer time r is not known for a new question: it is taken
+relative position). `keep_position=true` gives the language after <eot> the position ids it has
+in the plain CoT sequence (question, steps, answer), as if neither the markers nor the thoughts
+were there and the replaced steps' tokens were: with q the question's length and r the tokens of the
+replaced steps (their text and separators), the first token after <eot> sits at q + r and <eot> at
+q + r - 1, at every stage (<bot> and the thoughts keep q, q + 1, ..., so these positions may repeat).
+A CoT checkpoint then finds every remaining step where it learned to read it. At answer time r is not known for a new question: it is taken
 as the mean tokens per gold step of the training examples seen, times the steps made latent (exact
 on tasks whose steps have a fixed length). `reserve_slots=true` gives every example c K slots
 from stage 0 on: the first n are thoughts, the other c K - n hold the <latent> token's embedding
@@ -313,6 +314,12 @@ class Coconut(Method):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    @staticmethod
+    def kept_offset(removed, thoughts, pauses):
+        """keep_position: what moves <eot> from its place after the question, <bot>, thoughts and pauses
+        (q + 1 + thoughts + pauses) to q + removed - 1, where the CoT sequence had the last replaced token."""
+        return removed - thoughts - pauses - 2
+
     def reserved_slots(self) -> int:
         return self.config.c * self.config.stages if self.config.reserve_slots else 0
 
@@ -333,9 +340,7 @@ class Coconut(Method):
             prompts.append((question[-room:] if room else []) + [self.tokens.bot])
             continuations.append(continuation)
             given.append(len(pauses) + 1)
-            # <eot> at P + S_0 + r instead of P + n + pauses: r = the replaced steps' tokens
-            removed = len(chain)
-            offsets.append(self.reserved_slots() + removed - plan.thoughts - len(pauses) if self.config.keep_position else 0)
+            offsets.append(self.kept_offset(len(chain), plan.thoughts, len(pauses)) if self.config.keep_position else 0)
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -441,7 +446,7 @@ class Coconut(Method):
             # mid-training the current stage's steps are latent; at the last stage and after training, all
             latent_steps = self.stage if self.stage is not None and self.stage <= self.config.stages else None
             removed = self.extras["step_tokens"].expected(latent_steps)
-            loop.position_offset = self.reserved_slots() + removed - n - max(pauses, 0)
+            loop.position_offset = self.kept_offset(removed, n, max(pauses, 0))
         if pauses > 0:  # reserved slots the thoughts did not fill hold <latent> tokens, as in training
             ids = torch.full((len(examples), pauses), self.tokens.latent, dtype=torch.long, device=self.device)
             _, loop = extend(self.model, loop, ids, torch.ones_like(ids))
