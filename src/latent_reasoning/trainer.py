@@ -74,6 +74,10 @@ def resolve_precision(choice: str) -> str:
     return choice
 
 
+def adamw(parameters, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -177,8 +181,7 @@ class Trainer:
         return self.history
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.method.trainable_parameters(), lr=self.config.lr,
-                                 weight_decay=self.config.weight_decay)
+        return adamw(self.method.trainable_parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def _average_gradients(self) -> None:
         """Mean gradients over processes. Done by hand rather than by wrapping the model in DDP because

@@ -1,0 +1,214 @@
+"""Training speed of the real trainer and methods, against the machine's GEMM peak, measured side by side in one run.
+
+1. GEMM peaks: a 2048^3 `a @ b` in fp32 (and bf16 where the CPU or GPU has it), median of 7 after 3 warm-ups.
+2. SFT (`cot`) steps of the real Trainer at its default precision on realistic lengths, for tiny-5m (2x2
+   multiplication, the demo's setting), tiny-20m (ProsQA) and SmolLM2-135M (GSM8K): tokens/s (real tokens,
+   padding excluded), positions computed per real token (1.0 = no compute on padding), and model FLOP/s
+   = (6 N tokens + attention) / s over the peaks. Attention counts 6 layers hidden len^2 per sequence of `len`
+   real tokens (causal, forward + backward). Beside each, a bare Hugging Face step (forward with labels,
+   backward, AdamW) on random tokens of the same shape as the real tokens (batch x mean length, no padding).
+3. A coconut step (ProsQA, tiny-5m, stage 3) against a plain forward + backward + AdamW over the same
+   number of positions (batch x the coconut batch's prompt + thoughts + continuation width).
+4. A latro step (tiny-5m, 2x2 multiplication, the demo's LaTRO settings).
+
+    OMP_NUM_THREADS=1 python bench/train_speed.py
+Medians of --steps timed steps after --warmup; read the ratios (the machine may be shared). Prints one JSON
+line per row; `precision` is what the trainer's accelerator ran with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before the trainer imports tqdm: no progress bars between the rows
+from latent_reasoning import tasks
+from latent_reasoning.backbones import count_parameters
+from latent_reasoning.run import build_method, make_run, texts_of
+from latent_reasoning.trainer import Trainer, adamw, bf16_supported
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def median_seconds(work, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def gemm_peak(dtype: torch.dtype, size: int = 2048) -> float:
+    """FLOP/s of one size^3 matrix product."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    return 2 * size**3 / median_seconds(lambda: a @ b, repeats=7, warmup=3)
+
+
+class Counter:
+    """Counts, over every forward call of a model, the positions computed and the attention work
+    (sum of len^2 over sequences read in one pass without a cache, len their real tokens)."""
+
+    def __init__(self, model):
+        self.positions, self.squared_lengths = 0, 0
+        model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        inputs = kwargs.get("input_ids")
+        if inputs is None:
+            inputs = kwargs.get("inputs_embeds")
+        if inputs is None:
+            return
+        self.positions += inputs.shape[0] * inputs.shape[1]
+        mask = kwargs.get("attention_mask")
+        if kwargs.get("past_key_values") is None and mask is not None and mask.dim() == 2:
+            self.squared_lengths += int((mask.sum(-1) ** 2).sum())
+
+
+def train_steps(values: dict, train_examples, warmup: int, steps: int) -> dict:
+    """Run warmup + steps + 1 steps of the real Trainer; time each of the `steps` after the warm-up."""
+    run = make_run({"steps": warmup + steps + 1, "save_every": 0, "eval_size": 0, "log_with": "none",
+                    "warmup_steps": 0, **values})
+    method = build_method(run, texts_of(train_examples))
+    counter = Counter(method.model)
+    starts, tokens, positions, squared = [], [], [], []
+    real_on_step, real_loss = method.on_step, method.loss
+
+    def on_step(step):
+        starts.append(time.perf_counter())
+        positions.append(counter.positions)
+        squared.append(counter.squared_lengths)
+        return real_on_step(step)
+
+    def loss(examples, step, **kwargs):
+        value, metrics = real_loss(examples, step, **kwargs)
+        tokens.append(metrics.get("tokens", 0.0))
+        return value, metrics
+
+    method.on_step, method.loss = on_step, loss
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(method, train_examples, run.train, out, run.describe("bench/train_speed.py"))
+        trainer.fit()
+    timed = range(warmup, warmup + steps)  # step i runs from starts[i] to starts[i + 1]
+    seconds = statistics.median(starts[i + 1] - starts[i] for i in timed)
+    per_step = lambda series: sum(series[i + 1] - series[i] for i in timed) / steps
+    step_tokens = sum(tokens[i] for i in timed) / steps  # one micro-batch per step (grad_accum 1)
+    return {"method": method, "precision": trainer.accelerator.mixed_precision, "seconds": seconds,
+            "tokens": step_tokens, "positions": per_step(positions), "squared_lengths": per_step(squared)}
+
+
+def bare_step_seconds(model, batch: int, length: int, warmup: int, steps: int) -> float:
+    """A plain Hugging Face step: forward with labels, backward, AdamW (as the trainer builds it), on random ids."""
+    model.train()
+    optimizer = adamw(model.parameters(), lr=1e-5, weight_decay=0.0)
+    ids = torch.randint(0, model.config.vocab_size, (batch, length))
+
+    def step():
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return median_seconds(step, steps, warmup)
+
+
+def flops_per_step(model, result: dict) -> float:
+    config = model.config
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    return 6 * count_parameters(model) * result["tokens"] + 6 * layers * hidden * result["squared_lengths"]
+
+
+def sft_row(name: str, task_name: str, examples, batch: int, max_length: int, peaks: dict, args) -> dict:
+    values = {"method": "cot", "task": task_name, "model": name, "batch_size": batch, "max_length": max_length}
+    if task_name == "multiplication":
+        values["task_options"] = {"digits": 2}
+    result = train_steps(values, examples, args.warmup, args.steps)
+    model = result["method"].model
+    flops = flops_per_step(model, result) / result["seconds"]
+    row = {"row": "sft", "model": name, "task": task_name, "batch": batch, "max_length": max_length,
+           "precision": result["precision"], "s_per_step": round(result["seconds"], 3),
+           "tokens_per_step": round(result["tokens"]), "tokens_per_s": round(result["tokens"] / result["seconds"], 1),
+           "positions_per_token": round(result["positions"] / result["tokens"], 3),
+           "model_gflop_per_s": round(flops / 1e9, 2)}
+    for dtype, peak in peaks.items():
+        row[f"fraction_of_{dtype}_peak"] = round(flops / peak, 4)
+    length = round(result["tokens"] / batch)
+    bare = bare_step_seconds(model, batch, length, 1, args.steps)
+    row.update(bare_fp32_tokens_per_s=round(batch * length / bare, 1),
+               trainer_over_bare_fp32=round(result["tokens"] / result["seconds"] / (batch * length / bare), 3))
+    if "bf16" in peaks:
+        bare = bare_step_seconds(model.to(torch.bfloat16), batch, length, 1, args.steps)
+        row.update(bare_bf16_weights_tokens_per_s=round(batch * length / bare, 1),
+                   trainer_over_bare_bf16_weights=round(result["tokens"] / result["seconds"] / (batch * length / bare), 3))
+    return row
+
+
+def coconut_row(examples, args) -> dict:
+    values = {"method": "coconut", "task": "prosqa", "model": "tiny-5m", "batch_size": 16, "c": 1, "stages": 6,
+              "first_stage": 3, "steps_per_stage": 1000}
+    result = train_steps(values, examples, args.warmup, args.steps)
+    method = result["method"]
+    width = round(result["positions"] / 16)  # every pass's positions: prompt + thoughts + continuation, padded
+    plain = bare_step_seconds(method.model, 16, width, 1, args.steps)
+    return {"row": "coconut", "model": "tiny-5m", "task": "prosqa", "batch": 16, "stage": 3,
+            "precision": result["precision"], "s_per_step": round(result["seconds"], 3),
+            "positions_per_row": width, "plain_s_per_step": round(plain, 3),
+            "coconut_over_plain": round(result["seconds"] / plain, 3)}
+
+
+def latro_row(examples, args) -> dict:
+    values = {"method": "latro", "task": "multiplication", "task_options": {"digits": 2}, "model": "tiny-5m",
+              "batch_size": 8, "lr": 1e-5, "rollouts": 8, "rationale_tokens": 24}
+    result = train_steps(values, examples, args.warmup, args.steps)
+    return {"row": "latro", "model": "tiny-5m", "task": "multiplication-2x2", "batch": 8, "rollouts": 8,
+            "precision": result["precision"], "s_per_step": round(result["seconds"], 3),
+            "tokens_per_s": round(result["tokens"] / result["seconds"], 1),
+            "positions_per_step": round(result["positions"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="tiny-5m,tiny-20m,smollm2,coconut,latro")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (SmolLM2: at most 2)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--data", default=str(SHARED_DATA), help="folder holding gsm8k/ (SmolLM2's row)")
+    args = parser.parse_args()
+    rows = args.rows.split(",")
+
+    peaks = {"fp32": gemm_peak(torch.float32)}
+    if bf16_supported():
+        peaks["bf16"] = gemm_peak(torch.bfloat16)
+    print(json.dumps({"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                      "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_supported": bf16_supported(),
+                      "threads": torch.get_num_threads(), "loadavg_before": os.getloadavg()[0],
+                      **{f"gemm_{dtype}_gflop_per_s": round(peak / 1e9, 1) for dtype, peak in peaks.items()}}), flush=True)
+
+    multiplication = tasks.get("multiplication", digits=2).generate(2000, seed=0)
+    prosqa = tasks.get("prosqa").generate(400, seed=0)
+    if "tiny-5m" in rows:
+        print(json.dumps(sft_row("tiny-5m", "multiplication", multiplication, 64, 512, peaks, args)), flush=True)
+    if "tiny-20m" in rows:
+        print(json.dumps(sft_row("tiny-20m", "prosqa", prosqa, 16, 512, peaks, args)), flush=True)
+    if "smollm2" in rows:
+        gsm8k = tasks.get("gsm8k").load(split="train", path=Path(args.data) / "gsm8k")[:400]
+        smol_args = argparse.Namespace(steps=min(args.steps, 2), warmup=1)
+        print(json.dumps(sft_row("smollm2-135m-instruct", "gsm8k", gsm8k, 4, 256, peaks, smol_args)), flush=True)
+    if "coconut" in rows:
+        print(json.dumps(coconut_row(prosqa, args)), flush=True)
+    if "latro" in rows:
+        print(json.dumps(latro_row(multiplication, args)), flush=True)
+    print(json.dumps({"loadavg_after": os.getloadavg()[0]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
