@@ -150,8 +150,8 @@ def sft_row(name: str, task_name: str, examples, batch: int, max_length: int, pe
     model = result["method"].model
     flops = flops_per_step(model, result) / result["seconds"]
     row = {"row": "sft", "model": name, "task": task_name, "batch": batch, "max_length": max_length,
-           "precision": result["precision"], "s_per_step": round(result["seconds"], 3),
-           "tokens_per_step": round(result["tokens"]), "tokens_per_s": round(result["tokens_per_s"], 1),
+           "precision": result["precision"], "threads": torch.get_num_threads(),
+           "s_per_step": round(result["seconds"], 3), "tokens_per_step": round(result["tokens"]), "tokens_per_s": round(result["tokens_per_s"], 1),
            "positions_per_token": round(result["positions"] / result["tokens"], 3),
            "model_gflop_per_s": round(flops / 1e9, 2)}
     for dtype, peak in peaks.items():

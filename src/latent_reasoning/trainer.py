@@ -12,6 +12,7 @@ continues a killed run exactly. Devices and mixed precision come from accelerate
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -80,6 +81,43 @@ def adamw(parameters, lr: float, weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True)
 
 
+def free_cores(seconds: float = 0.25) -> int:
+    """Cores this process may run on that no other process keeps busy (at least 1): its CPU affinity minus
+    the busy time /proc/stat shows on those cores over `seconds`, while this process waits."""
+    allowed = os.sched_getaffinity(0)
+    try:
+        before = _idle_and_total(allowed)
+        time.sleep(seconds)
+        after = _idle_and_total(allowed)
+    except OSError:
+        return len(allowed)
+    busy = sum(1 - (after[cpu][0] - before[cpu][0]) / max(after[cpu][1] - before[cpu][1], 1) for cpu in before)
+    return max(1, round(len(allowed) - busy))
+
+
+def _idle_and_total(cpus) -> dict[int, tuple[int, int]]:
+    """Per allowed CPU, (idle + iowait, total) clock ticks since boot, from /proc/stat."""
+    times = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(field) for field in fields[:8]]  # user nice system idle iowait irq softirq steal
+            times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return times
+
+
+def share_cpu(accelerator: Accelerator) -> None:
+    """Train on as many threads as there are free cores, unless OMP_NUM_THREADS says otherwise: a thread that
+    shares its core with another job stalls every other thread at each synchronisation (bench/results/threads.txt)."""
+    if accelerator.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = min(torch.get_num_threads(), free_cores())
+    if threads < torch.get_num_threads():
+        accelerator.print(f"trainer: other processes keep {torch.get_num_threads() - threads} of this process's cores "
+                          f"busy; training on {threads} thread(s) (OMP_NUM_THREADS overrides)")
+        torch.set_num_threads(threads)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -128,6 +166,7 @@ class Trainer:
         config, accelerator, method = self.config, self.accelerator, self.method
         self.eval_examples = eval_examples or []
         method.model.to(accelerator.device)
+        share_cpu(accelerator)
         set_seed(config.seed)
         optimizer = self._optimizer()
         scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
