@@ -6,10 +6,11 @@
    padding excluded), positions computed per real token (1.0 = no compute on padding), and model FLOP/s
    = (6 N tokens + attention) / s over the peaks. Attention counts 6 layers hidden len^2 per sequence of `len`
    real tokens (causal, forward + backward). Before each timed step, a bare Hugging Face step (forward with
-   labels, backward, AdamW) on a copy of the model, on random tokens as many as the real ones (batch x mean
-   length, no padding): in fp32, and with bf16 weights where bf16 is supported.
+   labels, backward, torch's default AdamW) on a copy of the model, on random tokens as many as the real ones
+   (batch x mean length, no padding): in fp32, and with bf16 weights where bf16 is supported.
 3. A coconut step (ProsQA, tiny-5m, stage 3) against a plain forward + backward + AdamW over the same
-   number of positions (batch x the coconut batch's prompt + thoughts + continuation width), interleaved.
+   number of positions (batch x the coconut batch's prompt + thoughts + continuation width), interleaved,
+   with the trainer's AdamW.
 4. A latro step (tiny-5m, 2x2 multiplication, the demo's LaTRO settings).
 
     OMP_NUM_THREADS=1 python bench/train_speed.py
@@ -73,12 +74,14 @@ class Counter:
 
 
 class BareStep:
-    """A plain Hugging Face step on a copy of the model: forward with labels, backward, AdamW (built as the
-    trainer builds it), on random ids."""
+    """A plain Hugging Face step on a copy of the model: forward with labels, backward, AdamW, on random ids.
+    AdamW is torch's default (the issue's bare step, the same before and after) or, with `as_trainer`, built
+    as the trainer builds it (to compare methods over the same optimizer)."""
 
-    def __init__(self, model, dtype: torch.dtype):
+    def __init__(self, model, dtype: torch.dtype, as_trainer: bool):
         self.model = copy.deepcopy(model).to(dtype).train()
-        self.optimizer = adamw(self.model.parameters(), lr=1e-5, weight_decay=0.0)
+        make = adamw if as_trainer else torch.optim.AdamW
+        self.optimizer = make(self.model.parameters(), lr=1e-5, weight_decay=0.0)
 
     def seconds(self, batch: int, length: int) -> float:
         ids = torch.randint(0, self.model.config.vocab_size, (batch, length))
@@ -89,14 +92,15 @@ class BareStep:
         return time.perf_counter() - started
 
 
-def train_steps(values: dict, train_examples, warmup: int, steps: int, bare_dtypes=(), bare_length="tokens") -> dict:
+def train_steps(values: dict, train_examples, warmup: int, steps: int, bare_dtypes=(), bare_length="tokens",
+                bare_as_trainer=False) -> dict:
     """Run warmup + steps + 1 steps of the real Trainer and time each of the `steps` after the warm-up. Before
     each timed step, one bare step per dtype of `bare_dtypes` runs over as many rows as the trainer's batch and
     as many `bare_length` ("tokens" or "positions") per row as the step before, so both see the same load."""
     run = make_run({"steps": warmup + steps + 1, "save_every": 0, "eval_size": 0, "log_with": "none",
                     "warmup_steps": 0, **values})
     method = build_method(run, texts_of(train_examples))
-    bare_steps = {dtype: BareStep(method.model, dtype) for dtype in bare_dtypes}
+    bare_steps = {dtype: BareStep(method.model, dtype, bare_as_trainer) for dtype in bare_dtypes}
     counter = Counter(method.model)
     starts, ends, tokens, positions, squared = [], [], [], [], []
     bare = {dtype: [] for dtype in bare_dtypes}  # (tokens, seconds) per timed step
@@ -167,7 +171,7 @@ def coconut_row(examples, args) -> dict:
     values = {"method": "coconut", "task": "prosqa", "model": "tiny-5m", "batch_size": 16, "c": 1, "stages": 6,
               "first_stage": 3, "steps_per_stage": 1000}
     result = train_steps(values, examples, args.warmup, args.steps, bare_dtypes=[torch.float32],
-                         bare_length="positions")
+                         bare_length="positions", bare_as_trainer=True)
     plain = result["bare_per_s"][torch.float32]
     # positions: every pass's inputs, prompt + thoughts + continuation (padded), as the plain step's rows
     return {"row": "coconut", "model": "tiny-5m", "task": "prosqa", "batch": 16, "stage": 3,
