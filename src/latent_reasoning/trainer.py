@@ -7,11 +7,13 @@
         log; checkpoint every `save_every` and before each evaluation (every `eval_every`, and the last step)
 
 Data order is a function of (seed, step, process), and RNG states are checkpointed, so `resume`
-continues a killed run exactly. Ctrl-C saves the steps done since the last checkpoint. Devices and mixed precision come from accelerate.
+continues a killed run exactly. Ctrl-C saves the steps done since the last checkpoint. Devices and mixed
+precision come from accelerate; on a CPU, training uses the cores no other process keeps busy (`share_cpu`).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -70,6 +72,50 @@ def resolve_precision(choice: str) -> str:
     return choice
 
 
+def adamw(parameters, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel: one pass over the weights rather than a Python loop of small ops, which
+    on a CPU (where torch defaults to that loop) took about 5 s of a 20 s SmolLM2 step on one thread
+    (bench/results/train_speed-after.txt)."""
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def free_cores(seconds: float = 0.25) -> int:
+    """Cores this process may run on that no other process keeps busy (at least 1): its CPU affinity minus
+    the busy time /proc/stat shows on those cores over `seconds`, while this process waits."""
+    allowed = os.sched_getaffinity(0)
+    try:
+        before = _idle_and_total(allowed)
+        time.sleep(seconds)
+        after = _idle_and_total(allowed)
+    except OSError:
+        return len(allowed)
+    busy = sum(1 - (after[cpu][0] - before[cpu][0]) / max(after[cpu][1] - before[cpu][1], 1) for cpu in before)
+    return max(1, round(len(allowed) - busy))
+
+
+def _idle_and_total(cpus) -> dict[int, tuple[int, int]]:
+    """Per allowed CPU, (idle + iowait, total) clock ticks since boot, from /proc/stat."""
+    times = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(field) for field in fields[:8]]  # user nice system idle iowait irq softirq steal
+            times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return times
+
+
+def share_cpu(accelerator: Accelerator) -> None:
+    """Train on as many threads as there are free cores, unless OMP_NUM_THREADS says otherwise: a thread that
+    shares its core with another job stalls every other thread at each synchronisation (bench/results/threads.txt)."""
+    if accelerator.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = min(torch.get_num_threads(), free_cores())
+    if threads < torch.get_num_threads():
+        accelerator.print(f"trainer: other processes keep {torch.get_num_threads() - threads} of this process's cores "
+                          f"busy; training on {threads} thread(s) (OMP_NUM_THREADS overrides)")
+        torch.set_num_threads(threads)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -118,6 +164,7 @@ class Trainer:
         config, accelerator, method = self.config, self.accelerator, self.method
         self.eval_examples = eval_examples or []
         method.model.to(accelerator.device)
+        share_cpu(accelerator)
         set_seed(config.seed)
         optimizer = self._optimizer()
         if config.lr_schedule == "constant":
@@ -187,8 +234,7 @@ class Trainer:
             accelerator.log(record, step=step + 1)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.method.trainable_parameters(), lr=self.config.lr,
-                                 weight_decay=self.config.weight_decay)
+        return adamw(self.method.trainable_parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def _average_gradients(self) -> None:
         """Mean gradients over processes. Done by hand rather than by wrapping the model in DDP because

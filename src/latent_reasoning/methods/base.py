@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -78,28 +79,55 @@ def split_chain(tokenizer, example: Example, k: int, separator: str = "\n") -> t
     return encoded["input_ids"][:cut], encoded["input_ids"][cut:]
 
 
-def encode_pairs(tokenizer, prompts: list[str], targets: list[str], max_length: int) -> Batch:
-    """Right-padded prompt+target ids with labels only on the target (and the closing EOS).
+def pair_ids(tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Prompt+target ids and their labels: -100 on the prompt, the target's ids (and the closing EOS) after.
 
     A pair longer than max_length keeps its prompt's end and the target's start: the prompt is
     cut from the left so that the question's last tokens (where the answer is asked) survive.
     """
-    rows, label_rows = [], []
-    for prompt, target in zip(prompts, targets):
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        room = max(max_length - len(target_ids), 1)
-        prompt_ids = prompt_ids[-room:]
-        ids = (prompt_ids + target_ids)[:max_length]
-        labels = ([-100] * len(prompt_ids) + target_ids)[:max_length]
-        rows.append(ids)
-        label_rows.append(labels)
-    width = max(len(ids) for ids in rows)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in rows])
-    attention_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
-    labels = torch.tensor([lab + [-100] * (width - len(lab)) for lab in label_rows])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    room = max(max_length - len(target_ids), 1)
+    prompt_ids = prompt_ids[-room:]
+    ids = (prompt_ids + target_ids)[:max_length]
+    labels = ([-100] * len(prompt_ids) + target_ids)[:max_length]
+    return ids, labels
+
+
+def pad_pairs(pairs: list[tuple[list[int], list[int]]], pad_token_id: int) -> Batch:
+    """Right-padded ids, attention mask and labels (-100 on padding) of (ids, labels) pairs."""
+    width = max(len(ids) for ids, _ in pairs)
+    input_ids = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids, _ in pairs])
+    attention_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in pairs])
+    labels = torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in pairs])
     return Batch(input_ids, attention_mask, labels)
+
+
+def encode_pairs(tokenizer, prompts: list[str], targets: list[str], max_length: int) -> Batch:
+    """Right-padded prompt+target ids with labels only on the target (and the closing EOS); see `pair_ids`."""
+    pairs = [pair_ids(tokenizer, prompt, target, max_length) for prompt, target in zip(prompts, targets)]
+    return pad_pairs(pairs, tokenizer.pad_token_id)
+
+
+def length_buckets(lengths: list[int], pass_cost: int = 64) -> list[list[int]]:
+    """Indices of `lengths` grouped into batches of similar length, so little compute goes to padding.
+
+    Sorted by length, then cut where it minimises the positions computed (rows x longest row, summed over
+    batches) plus `pass_cost` positions per batch: the fixed cost of one more forward and backward pass.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0] + [math.inf] * len(order)  # best[end]: cheapest cost of order[:end]
+    cut = [0] * (len(order) + 1)  # where the last batch of that cheapest split starts
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            cost = best[start] + pass_cost + (end - start) * lengths[order[end - 1]]
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    buckets, end = [], len(order)
+    while end:
+        buckets.append(order[cut[end] : end])
+        end = cut[end]
+    return buckets[::-1]
 
 
 def encode_prompts(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:

@@ -12,19 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..config import choices
 from ..tasks import Example
 from .base import (
+    Batch,
     Method,
     MethodConfig,
     Prediction,
     answer_text,
     chain_text,
-    encode_pairs,
     encode_prompts,
     generated_lengths,
+    length_buckets,
     majority_vote,
+    pad_pairs,
+    pair_ids,
     prompt_text,
 )
 
@@ -32,19 +36,43 @@ from .base import (
 class SFTMethod(Method):
     """Supervised fine-tuning on a text target; `target(example)` says which."""
 
+    def __init__(self, config, model, tokenizer, task):
+        super().__init__(config, model, tokenizer, task)
+        self._pairs: dict[tuple[str, str, int], tuple[list[int], list[int]]] = {}
+
     def target(self, example: Example) -> str:
         raise NotImplementedError
 
+    def pairs(self, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
+        """Each example's (ids, labels), tokenised once: training revisits every example each epoch."""
+        pairs = []
+        for example in examples:
+            key = (prompt_text(example), self.target(example), self.config.max_length)
+            if key not in self._pairs:
+                self._pairs[key] = pair_ids(self.tokenizer, *key)
+            pairs.append(self._pairs[key])
+        return pairs
+
     def loss(self, examples: list[Example], step: int):
-        batch = encode_pairs(
-            self.tokenizer, [prompt_text(e) for e in examples], [self.target(e) for e in examples], self.config.max_length
-        )
-        output = self.model(
-            input_ids=batch.input_ids.to(self.device),
-            attention_mask=batch.attention_mask.to(self.device),
-            labels=batch.labels.to(self.device),
-        )
-        return output.loss, {"tokens": float(batch.attention_mask.sum())}
+        """The mean cross-entropy over every target token of the batch, as one padded batch would give it,
+        computed on batches of similar length (`length_buckets`) so that little compute goes to padding."""
+        pairs = self.pairs(examples)
+        scored = sum(label != -100 for _, labels in pairs for label in labels[1:])
+        total = 0.0
+        for bucket in length_buckets([len(ids) for ids, _ in pairs]):
+            batch = pad_pairs([pairs[i] for i in bucket], self.tokenizer.pad_token_id)
+            total = total + self.summed_cross_entropy(batch)
+        return total / max(scored, 1), {"tokens": float(sum(len(ids) for ids, _ in pairs))}
+
+    def summed_cross_entropy(self, batch: Batch) -> torch.Tensor:
+        """Summed over the target tokens; logits only from the first position that predicts one (the prompt
+        before it is read, but its logits, which no label scores, are never computed)."""
+        labels = batch.labels.to(self.device)
+        first = int((labels[:, 1:] != -100).any(0).int().argmax())
+        logits = self.model(input_ids=batch.input_ids.to(self.device), attention_mask=batch.attention_mask.to(self.device),
+                            logits_to_keep=labels.shape[1] - first).logits
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
+                               ignore_index=-100, reduction="sum")
 
     @torch.no_grad()
     def answer(self, examples: list[Example]) -> list[Prediction]:
