@@ -25,14 +25,13 @@ RESULTS = [
      "methods": ["no-cot", "cot", "coconut", "slr"]},
     {"file": "bench/results/latent-multiplication-4x4.jsonl", "task": "4x4 multiplication (valid, 1000)",
      "methods": ["no-cot", "cot", "coconut", "slr"]},
-    {"file": "bench/results/prosqa-pairs-long.jsonl", "task": "ProsQA, facts as pairs (valid, 300)",
+    {"file": "bench/results/prosqa-pairs-long.jsonl", "task": "ProsQA, facts as pairs (valid, 300; earlier grader)",
      "methods": ["no-cot-2000", "cot-2000", "coconut", "slr"],
      "names": {"no-cot-2000": "no-cot", "cot-2000": "cot"}},
     {"file": "bench/results/latro-multiplication-2x2.jsonl", "task": "2x2 multiplication (500 held out)",
      "names": {"warmup": "cot warm-up (base)", "sft": "cot (sft, +150 steps)", "latro": "latro (+150 steps)"}},
-    {"file": "bench/results/gsm8k-smollm2.jsonl", "task": "GSM8K (test, first 200)"},
-    {"file": "bench/results/parity-16.jsonl"},
-    {"file": "bench/results/graph-h4.jsonl"},
+    {"file": "bench/results/gsm8k-smollm2.jsonl", "task": "GSM8K (test, first 200; earlier grader)"},
+    {"file": "bench/results/parity-16.jsonl", "task": "parity, 16 bits (500 held out)", "methods": ["no-cot", "cot"]},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
