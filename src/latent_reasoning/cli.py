@@ -49,26 +49,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
-def count(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
+def whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {text!r}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {least} or more, got {text!r}")
     return value
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    return whole_number(text, 1)
 
 
 def seed(text: str) -> int:
     """An argparse type: a whole number of 0 or more (numpy refuses negative seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
-    return value
+    return whole_number(text, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
