@@ -1,0 +1,49 @@
+"""The parity task: its chain and answer, its file format both ways, its grader and its errors."""
+
+import functools
+
+import pytest
+
+from latent_reasoning import tasks
+from latent_reasoning.tasks import DataError
+
+
+def test_steps_are_the_running_parities_and_generation_is_deterministic():
+    task = tasks.get("parity", bits=12)
+    examples = task.generate(200, seed=4)
+    assert [e.question for e in examples] == [e.question for e in task.generate(200, seed=4)]
+    assert len({e.question for e in examples}) == 200
+    for example in examples:
+        bits = [int(b) for b in example.question.split(" ")]
+        assert len(bits) == 12
+        assert [int(s) for s in example.steps] == [functools.reduce(int.__xor__, bits[: i + 1]) for i in range(12)]
+        assert example.answer == str(sum(bits) % 2)
+    held_out = task.generate(50, seed=5, exclude={e.question for e in examples})
+    assert not {e.question for e in held_out} & {e.question for e in examples}
+
+
+def test_file_round_trip_and_bad_lines_name_file_and_line(tmp_path):
+    task = tasks.get("parity", bits=8)
+    examples = task.generate(30, seed=0)
+    path = tmp_path / "parity.txt"
+    task.save(examples, path)
+    assert task.load(path=path) == examples
+    path.write_text(path.read_text() + "1 0 1||1 1 #### 0\n")  # two parities for three bits
+    with pytest.raises(DataError, match=r"parity.txt, line 31: 3 bits but 2 running parities"):
+        task.load(path=path)
+    assert len(task.load(path=path, skip_bad=True)) == 30
+
+
+def test_grader_reads_the_digit_after_the_last_marker():
+    task = tasks.get("parity", bits=4)
+    example = task.example([1, 0, 1, 1])
+    assert example.answer == "1" and example.steps == ["1", "1", "0", "1"]
+    assert task.grade("1 1 0 1 #### 1", example)
+    assert not task.grade("1 1 0 1 #### 0", example)
+    assert not task.grade("1 1 0 1", example)  # no answer marker
+
+
+def test_bad_options_are_named():
+    for bad in (1, "16", True):
+        with pytest.raises(ValueError, match="parity bits"):
+            tasks.get("parity", bits=bad)
