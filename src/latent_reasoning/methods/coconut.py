@@ -106,19 +106,14 @@ class CoconutConfig(MethodConfig):
     mix_probability: float = 0.0  # chance an example trains at a stage drawn uniformly from 0 .. len(steps)
     pad_thoughts: bool = True  # every example gets c * stage thoughts (COCONUT); false: capped at its step count
     eval_thoughts: int | None = None  # thoughts at answer time; default c * stages
-    keep_position: bool = False  # <eot> and what follows keep their stage-0 position ids (module docstring)
+    keep_position: bool = False  # what follows <eot> keeps its plain-CoT position ids (module docstring)
     reserve_slots: bool = False  # c * stages slots from stage 0; those not yet thoughts hold <latent> tokens
 
+    positive_keys = MethodConfig.positive_keys + ("c", "stages", "steps_per_stage")
+
     def check(self) -> None:
-        for key in ("c", "stages", "steps_per_stage"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
-        if self.first_stage < 0:
-            raise ConfigError(f"first_stage={self.first_stage}: must be 0 or more")
-        if not 0.0 <= self.mix_probability <= 1.0:
+        if self.mix_probability > 1.0:
             raise ConfigError(f"mix_probability={self.mix_probability}: must lie in [0, 1]")
-        if self.eval_thoughts is not None and self.eval_thoughts < 0:
-            raise ConfigError(f"eval_thoughts={self.eval_thoughts}: must be 0 or more")
 
 
 @dataclass
@@ -140,23 +135,14 @@ class SLRConfig(CoconutConfig):
     halt_weight: float = 0.1  # learned: weight of the halting head's BCE in the loss
     distill_weight: float = 0.0  # weight pulling thought states towards CoT step-end states
 
+    positive_keys = CoconutConfig.positive_keys + ("timestep_scale", "loop_lora_r", "loop_lora_loops")
+
     def check(self) -> None:
         super().check()
         if self.timestep_dim < 2 or self.timestep_dim % 2:
             raise ConfigError(f"timestep_dim={self.timestep_dim}: must be an even number of at least 2")
-        if self.timestep_scale <= 0:
-            raise ConfigError(f"timestep_scale={self.timestep_scale}: must be positive")
-        if self.loop_lora_r < 1:
-            raise ConfigError(f"loop_lora_r={self.loop_lora_r}: must be at least 1")
-        if self.loop_lora_loops is not None and self.loop_lora_loops < 1:
-            raise ConfigError(f"loop_lora_loops={self.loop_lora_loops}: must be at least 1")
-        if self.halt_threshold < 0:
-            raise ConfigError(f"halt_threshold={self.halt_threshold}: must be 0 or more")
-        if not 0.0 <= self.halt_probability <= 1.0:
+        if self.halt_probability > 1.0:
             raise ConfigError(f"halt_probability={self.halt_probability}: must lie in [0, 1]")
-        for key in ("halt_weight", "distill_weight"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key}={getattr(self, key)}: must be 0 or more")
 
 
 # ---- the curriculum's data -----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The model is trained on the CoT target with its first chain tokens removed, more of them as
 training goes on, until it answers with no reasoning tokens at all. With z_1 .. z_m the chain's
-tokens (the gold steps, each followed by its newline) and y the answer ("#### answer <eos>"),
+tokens (the gold steps, each followed by its separator) and y the answer ("#### answer <eos>"),
 
     removed(step) = first_removed + tokens_per_removal * floor(step / steps_per_removal)
     r_i           = removed(step) + o_i,    o_i ~ p(o) = (1 - e^-lambda) e^(-lambda o),  o = 0 .. 99
@@ -53,14 +53,9 @@ class ICoTConfig(MethodConfig):
     reset_optimizer: bool = True  # clear AdamW's moments at each removal
     keep_position: bool = False  # tokens after the removed span keep their full-sequence position ids
 
+    positive_keys = MethodConfig.positive_keys + ("tokens_per_removal", "steps_per_removal", "smoothing_lambda")
+
     def check(self) -> None:
-        for key in ("tokens_per_removal", "steps_per_removal"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
-        if self.first_removed < 0:
-            raise ConfigError(f"first_removed={self.first_removed}: must be 0 or more")
-        if self.smoothing_lambda is not None and not (self.smoothing_lambda > 0 and math.isfinite(self.smoothing_lambda)):
-            raise ConfigError(f"smoothing_lambda={self.smoothing_lambda}: must be a positive number (or none: off)")
         if self.decoding != "greedy":
             raise ConfigError(f"decoding={self.decoding!r}: icot answers greedily; use decoding=greedy")
 

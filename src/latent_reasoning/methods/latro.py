@@ -61,7 +61,6 @@ one pass without gradients gives log pi_ref(z_k|x). The rollout pieces are modul
 from __future__ import annotations
 
 import copy
-import math
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,21 +86,11 @@ class LaTROConfig(MethodConfig):
     stop_on_eos: bool = True  # an EOS before `stop` ends the rationale and counts as finished
     unfinished_penalty: float | None = 2.0  # R of a rationale that never stops := this x batch-mean R; none: keep R
 
+    positive_keys = MethodConfig.positive_keys + ("rationale_tokens", "rollout_temperature")
+
     def check(self) -> None:
         if self.rollouts < 2:
             raise ConfigError(f"rollouts={self.rollouts}: the leave-one-out baseline needs at least 2")
-        for key in ("rationale_tokens", "max_new_tokens", "samples", "max_length"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
-        if not self.rollout_temperature > 0:
-            raise ConfigError(f"rollout_temperature={self.rollout_temperature}: must be positive")
-        for key in ("beta", "answer_weight"):
-            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
-                raise ConfigError(f"{key}={getattr(self, key)}: must be a finite number >= 0")
-        if self.unfinished_penalty is not None and not (
-            self.unfinished_penalty >= 0 and math.isfinite(self.unfinished_penalty)
-        ):
-            raise ConfigError(f"unfinished_penalty={self.unfinished_penalty}: must be >= 0, or none")
         if not self.stop:
             raise ConfigError("stop='': a rationale needs a stop string that introduces the answer")
         try:
