@@ -74,11 +74,11 @@ def test_partly_removed_chain_layout_labels_and_kept_positions(base):
         chain, answer = method.split_target(example)
         assert chain + answer == full and len(chain) == len(example.steps)  # one token a step
         for r in (0, 5, 12, 40):  # beyond the chain: everything removed, the answer alone
-            input_ids, mask, labels, positions, _ = method.encode([example], [r])
+            batch, positions, _ = method.encode([example], [r])
             kept = min(r, len(chain))
             target = full[kept:]
-            assert input_ids[0].tolist() == question + target
-            assert labels[0].tolist() == [-100] * len(question) + target
+            assert batch.input_ids[0].tolist() == question + target
+            assert batch.labels[0].tolist() == [-100] * len(question) + target
             skip = kept if keep else 0
             expected = list(range(len(question))) + [len(question) + skip + i for i in range(len(target))]
             assert positions[0].tolist() == expected
@@ -87,7 +87,7 @@ def test_partly_removed_chain_layout_labels_and_kept_positions(base):
 def test_kept_positions_at_answer_time_equal_a_full_recomputation(base):
     method = make(base, keep_position=True, max_new_tokens=5)
     method.model.eval()
-    method.chain_count = torch.tensor([4.0, 48.0], dtype=torch.float64)  # chains of 12 tokens seen in training
+    method.step_tokens.count = torch.tensor([4.0, 24.0, 48.0], dtype=torch.float64)  # chains of 12 tokens seen in training
     examples = EXAMPLES[:3]
     predictions = method.answer(examples)
     tokenizer = method.tokenizer
@@ -113,7 +113,7 @@ def test_tiny_icot_run_loss_falls_while_tokens_are_removed(base, tmp_path):
     assert [h["removed"] for h in history[::10]] == [0.0, 2.0, 4.0]
     first, last = history[0]["loss"], history[-1]["loss"]
     assert last < 0.6 * first, (first, last)
-    assert float(method.chain_count[1] / method.chain_count[0]) == 6.0  # every parity-6 chain is 6 tokens
+    assert method.step_tokens.expected(None) == 6  # every parity-6 chain is 6 tokens
 
 
 def test_config_rejects_bad_values():

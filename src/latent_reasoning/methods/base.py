@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..config import Config, choices
 from ..tasks import Example, Task
@@ -53,6 +54,26 @@ class Batch:
     @property
     def target_tokens(self) -> int:
         return int((self.labels != -100).sum())
+
+
+class StepTokens(nn.Module):
+    """Counts the training examples seen, their gold steps and the steps' tokens (a buffer, so
+    checkpoints keep it): under keep_position, the tokens an answer's latent steps stand for."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("count", torch.zeros(3, dtype=torch.float64))  # [examples, steps, tokens]
+
+    def record(self, examples: list[Example], chains: list[list[int]]) -> None:
+        seen = [len(examples), sum(len(e.steps) for e in examples), sum(map(len, chains))]
+        self.count += torch.tensor(seen, dtype=torch.float64, device=self.count.device)
+
+    def expected(self, latent_steps: int | None) -> int:
+        """Mean tokens of `latent_steps` steps; None: of a whole chain (every step latent)."""
+        examples, steps, tokens = self.count.tolist()
+        if not steps:
+            return 0
+        return round(tokens / examples) if latent_steps is None else round(latent_steps * tokens / steps)
 
 
 def prompt_text(example: Example) -> str:

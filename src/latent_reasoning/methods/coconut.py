@@ -90,7 +90,7 @@ from ..backbones import thought_token_ids
 from ..config import ConfigError, choices
 from ..latent import LoopResult, decode, extend, thought_loop
 from ..tasks import Example
-from .base import Method, MethodConfig, Prediction, chain_text, majority_vote, prompt_text, split_chain
+from .base import Method, MethodConfig, Prediction, StepTokens, chain_text, majority_vote, prompt_text, split_chain
 
 
 # ---- configuration -------------------------------------------------------------------------------
@@ -427,12 +427,12 @@ class Coconut(Method):
         thinking = self.think(examples)
         loop = thinking.loop
         n = loop.n_thoughts
-        pauses = self.reserved_slots() - int(n.max()) if self.reserved_slots() else 0
+        pauses = max(self.reserved_slots() - int(n.max()), 0)
         if self.config.keep_position:
             # mid-training the current stage's steps are latent; at the last stage and after training, all
             latent_steps = self.stage if self.stage is not None and self.stage <= self.config.stages else None
             removed = self.extras["step_tokens"].expected(latent_steps)
-            loop.position_offset = self.kept_offset(removed, n, max(pauses, 0))
+            loop.position_offset = self.kept_offset(removed, n, pauses)
         if pauses > 0:  # reserved slots the thoughts did not fill hold <latent> tokens, as in training
             ids = torch.full((len(examples), pauses), self.tokens.latent, dtype=torch.long, device=self.device)
             _, loop = extend(self.model, loop, ids, torch.ones_like(ids))
@@ -465,26 +465,6 @@ class Coconut(Method):
                 thoughts=[round(x, 4) for x in norms],
             ))
         return predictions
-
-
-class StepTokens(nn.Module):
-    """Counts the training examples seen, their gold steps and the steps' tokens (a buffer, so
-    checkpoints keep it): under keep_position, the tokens an answer's latent steps stand for."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("count", torch.zeros(3, dtype=torch.float64))  # [examples, steps, tokens]
-
-    def record(self, examples: list[Example], chains: list[list[int]]) -> None:
-        seen = [len(examples), sum(len(e.steps) for e in examples), sum(map(len, chains))]
-        self.count += torch.tensor(seen, dtype=torch.float64, device=self.count.device)
-
-    def expected(self, latent_steps: int | None) -> int:
-        """Mean tokens of `latent_steps` steps; None: of a whole chain (every step latent)."""
-        examples, steps, tokens = self.count.tolist()
-        if not steps:
-            return 0
-        return round(tokens / examples) if latent_steps is None else round(latent_steps * tokens / steps)
 
 
 # ---- Stable Latent Reasoning: the stabilisers ----------------------------------------------------

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from ..latent import decode, thought_loop
 from ..tasks import Example
-from .base import Method, MethodConfig, Prediction, encode_prompts, prompt_text, split_chain
+from .base import Method, MethodConfig, Prediction, StepTokens, encode_prompts, pad_pairs, prompt_text, split_chain
 
 SMOOTHING_SUPPORT = 100  # offsets 0 .. 99, as in iCoT's code
 
@@ -78,19 +78,19 @@ class ICoT(Method):
         super().__init__(config, model, tokenizer, task)
         self.removed: int | None = None  # the schedule's removal count at the current step
         self.smoothing = None if config.smoothing_lambda is None else smoothing_distribution(config.smoothing_lambda)
-        # chain tokens of the training examples seen: their mean places answers under keep_position
-        self.chain_count = torch.zeros(2, dtype=torch.float64)  # [examples, tokens]
+        # the chains of the training examples seen: their mean length places answers under keep_position
+        self.step_tokens = StepTokens()
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {"chain_count": self.chain_count.clone()}
+        return dict(self.step_tokens.state_dict())
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         """A checkpoint of this method holds the chain counts; a `cot` checkpoint to start from holds nothing."""
-        unexpected = sorted(set(state) - {"chain_count"})
+        unexpected = sorted(set(state) - {"count"})
         if unexpected:
             raise ValueError(f"method 'icot': unexpected extras in the checkpoint: {unexpected}")
-        if "chain_count" in state:
-            self.chain_count = state["chain_count"].to(torch.float64).clone()
+        if state:
+            self.step_tokens.load_state_dict(state)
 
     # -- the schedule -------------------------------------------------------------------------------
     def removed_at(self, step: int) -> int:
@@ -121,39 +121,34 @@ class ICoT(Method):
         return chain, answer + [self.tokenizer.eos_token_id]
 
     def encode(self, examples: list[Example], removals: list[int]):
-        """Right-padded ids, mask, labels and position ids of question + chain[r:] + answer, per example."""
-        rows, labels, positions, chain_lengths = [], [], [], []
+        """question + chain[r:] + answer per example: the right-padded Batch (labels on the target),
+        its position ids, and each example's chain ids."""
+        pairs, positions, chains = [], [], []
+        length = self.config.max_length
         for example, r in zip(examples, removals):
             question = self.tokenizer(prompt_text(example), add_special_tokens=False)["input_ids"]
             chain, answer = self.split_target(example)
             r = min(r, len(chain))
             target = chain[r:] + answer
-            room = max(self.config.max_length - len(target), 1)
-            question = question[-room:]
+            question = question[-max(length - len(target), 1):]  # cut from the left, as for cot
             skip = r if self.config.keep_position else 0
-            rows.append((question + target)[: self.config.max_length])
-            labels.append(([-100] * len(question) + target)[: self.config.max_length])
-            positions.append((list(range(len(question))) +
-                              list(range(len(question) + skip, len(question) + skip + len(target))))[: self.config.max_length])
-            chain_lengths.append(len(chain))
-        width = max(map(len, rows))
-        pad = self.tokenizer.pad_token_id
-
-        def padded(values, fill):
-            return torch.tensor([v + [fill] * (width - len(v)) for v in values])
-
-        mask = padded([[1] * len(r) for r in rows], 0)
-        return padded(rows, pad), mask, padded(labels, -100), padded(positions, 0), chain_lengths
+            pairs.append(((question + target)[:length], ([-100] * len(question) + target)[:length]))
+            start = len(question) + skip
+            positions.append([*range(len(question)), *range(start, start + len(target))][:length])
+            chains.append(chain)
+        batch = pad_pairs(pairs, self.tokenizer.pad_token_id)
+        width = batch.input_ids.shape[1]
+        return batch, torch.tensor([p + [0] * (width - len(p)) for p in positions]), chains
 
     def loss(self, examples: list[Example], step: int):
-        ids, mask, labels, positions, chain_lengths = self.encode(examples, self.removal_counts(examples, step))
-        self.chain_count += torch.tensor([len(chain_lengths), sum(chain_lengths)], dtype=torch.float64)
+        batch, positions, chains = self.encode(examples, self.removal_counts(examples, step))
+        self.step_tokens.record(examples, chains)
         device = self.device
-        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+        logits = self.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                             position_ids=positions.to(device)).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(device),
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten().to(device),
                                ignore_index=-100)
-        return loss, {"removed": float(self.removed_at(step)), "tokens": float(mask.sum())}
+        return loss, {"removed": float(self.removed_at(step)), "tokens": float(batch.attention_mask.sum())}
 
     # -- answering --------------------------------------------------------------------------------
     def answer_offset(self) -> int:
@@ -161,8 +156,7 @@ class ICoT(Method):
         (all of them once training ends), capped at the mean chain length seen in training."""
         if not self.config.keep_position:
             return 0
-        examples, tokens = self.chain_count.tolist()
-        chain = round(tokens / examples) if examples else 0
+        chain = self.step_tokens.expected(None)
         removed = self.removed if self.removed is not None else chain  # after training: everything
         return min(removed, chain)
 
