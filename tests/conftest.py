@@ -28,3 +28,21 @@ def fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def interrupt():
+    """interrupt(method, step, error): the method's loss raises `error` at trainer step `step` (0-based),
+    as a kill or a Ctrl-C in that step would; the other steps run as before."""
+
+    def patch(method, step: int, error) -> None:
+        real_loss = method.loss
+
+        def loss(batch, at):
+            if at == step:
+                raise error
+            return real_loss(batch, at)
+
+        method.loss = loss
+
+    return patch

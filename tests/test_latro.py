@@ -320,7 +320,7 @@ def test_a_short_run_raises_the_reward_and_checkpoints_the_reference(tmp_path, e
     assert extras and all(name.startswith("reference.") for name in extras)
 
 
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path, examples):
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, examples, interrupt):
     """Rollouts draw from the checkpointed RNG and the frozen reference travels in the checkpoint's extras."""
     run = make_run({"method": "latro", "task": "multiplication", "task_options": {"digits": 2}, "model": "tiny-5m",
                     "steps": 4, "batch_size": 2, "lr": 3e-3, "warmup_steps": 0, "save_every": 2, "eval_size": 0,
@@ -330,14 +330,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, examples):
     Trainer(whole, examples, run.train, tmp_path / "whole", run.describe("test")).fit()
 
     interrupted = build_method(run, texts_of(examples))
-    real_loss = interrupted.loss
-
-    def dies_at_step_three(batch, step):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real_loss(batch, step)
-
-    interrupted.loss = dies_at_step_three
+    interrupt(interrupted, 2, KeyboardInterrupt)  # dies in step three
     with pytest.raises(KeyboardInterrupt):
         Trainer(interrupted, examples, run.train, tmp_path / "killed", run.describe("test")).fit()
     resumed = build_method(run, weights=tmp_path / "killed" / "checkpoint")

@@ -33,20 +33,13 @@ class Killed(Exception):
     pass
 
 
-def test_kill_and_resume_ends_with_the_same_weights(tmp_path, examples):
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, examples, interrupt):
     run = tiny_run()
     whole = build_method(run, texts_of(examples))
     Trainer(whole, examples, run.train, tmp_path / "whole", {"method": "cot"}).fit()
 
     interrupted = build_method(run, texts_of(examples))
-    real_loss = interrupted.loss
-
-    def dies_at_step_six(batch, step):
-        if step == 5:  # mid-run, after the step-4 checkpoint: as if the process were killed
-            raise Killed
-        return real_loss(batch, step)
-
-    interrupted.loss = dies_at_step_six
+    interrupt(interrupted, 5, Killed)  # mid-run, after the step-4 checkpoint: as if the process were killed
     with pytest.raises(Killed):
         Trainer(interrupted, examples, run.train, tmp_path / "killed", run.describe("test")).fit()
     saved = checkpoint.find(tmp_path / "killed" / "checkpoint")
@@ -86,17 +79,10 @@ def test_the_checkpoint_is_written_before_the_final_evaluation(tmp_path, example
         torch.testing.assert_close(reloaded.model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
 
 
-def test_ctrl_c_saves_the_steps_done_since_the_last_checkpoint(tmp_path, examples):
+def test_ctrl_c_saves_the_steps_done_since_the_last_checkpoint(tmp_path, examples, interrupt):
     run = tiny_run()  # save_every=4
     method = build_method(run, texts_of(examples))
-    real_loss = method.loss
-
-    def ctrl_c_in_step_six(batch, step):
-        if step == 5:
-            raise KeyboardInterrupt
-        return real_loss(batch, step)
-
-    method.loss = ctrl_c_in_step_six
+    interrupt(method, 5, KeyboardInterrupt)  # Ctrl-C in step six
     with pytest.raises(KeyboardInterrupt):
         Trainer(method, examples, run.train, tmp_path, run.describe("test")).fit()
     saved = checkpoint.find(tmp_path / "checkpoint")
