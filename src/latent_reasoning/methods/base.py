@@ -235,3 +235,35 @@ class Method:
 
     def parse(self, text: str) -> str | None:
         return normalise_answer(extract_final(text))
+
+
+class ExtraModules:
+    """For a Method that trains modules beyond the backbone, held in `self.extras` (an nn.ModuleDict that
+    its __init__ creates; COCONUT's step counter, SLR's stabilisers): they are trained with the backbone's
+    parameters and saved in its checkpoints. Put it before Method among the bases."""
+
+    extras: nn.ModuleDict
+
+    def _extras_on_device(self) -> nn.ModuleDict:
+        return self.extras.to(self.device)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return super().trainable_parameters() + list(self._extras_on_device().parameters())
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach() for name, tensor in self.extras.state_dict().items()}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load saved extras; an empty state (e.g. a `cot` checkpoint to start from) keeps the initial ones."""
+        if not state:
+            return
+        own = self.extras.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"method {self.name!r}: checkpoint extras do not match this config "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        for key, tensor in state.items():
+            if own[key].shape != tensor.shape:
+                raise ValueError(f"method {self.name!r}: extra {key!r} has shape {tuple(tensor.shape)} in the "
+                                 f"checkpoint but {tuple(own[key].shape)} here (a config key differs)")
+        self.extras.load_state_dict(state)

@@ -90,7 +90,7 @@ from ..backbones import thought_token_ids
 from ..config import ConfigError, choices
 from ..latent import LoopResult, decode, extend, thought_loop
 from ..tasks import Example
-from .base import Method, MethodConfig, Prediction, StepTokens, chain_text, majority_vote, prompt_text, split_chain
+from .base import ExtraModules, Method, MethodConfig, Prediction, StepTokens, chain_text, majority_vote, prompt_text, split_chain
 
 
 # ---- configuration -------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ class _Capture:
 # ---- COCONUT -------------------------------------------------------------------------------------
 
 
-class Coconut(Method):
+class Coconut(ExtraModules, Method):
     """The last hidden state fed back as the next input embedding, learned by a staged curriculum."""
 
     name = "coconut"
@@ -237,31 +237,6 @@ class Coconut(Method):
         self.stage: int | None = None  # the trainer's current stage, once on_step has been called
         if config.keep_position:
             self.extras["step_tokens"] = StepTokens()
-
-    # -- extra state -----------------------------------------------------------------------------
-    def _extras_on_device(self) -> nn.ModuleDict:
-        return self.extras.to(self.device)
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return super().trainable_parameters() + list(self._extras_on_device().parameters())
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return {name: tensor.detach() for name, tensor in self.extras.state_dict().items()}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load saved extras; an empty state (e.g. a `cot` checkpoint to start from) keeps the initial ones."""
-        if not state:
-            return
-        own = self.extras.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"method {self.name!r}: checkpoint extras do not match this config "
-                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-        for key, tensor in state.items():
-            if own[key].shape != tensor.shape:
-                raise ValueError(f"method {self.name!r}: extra {key!r} has shape {tuple(tensor.shape)} in the "
-                                 f"checkpoint but {tuple(own[key].shape)} here (a config key differs)")
-        self.extras.load_state_dict(state)
 
     # -- the curriculum ----------------------------------------------------------------------------
     def stage_at(self, step: int) -> int:
