@@ -80,7 +80,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -118,24 +118,40 @@ class CoconutConfig(MethodConfig):
 
 @dataclass
 class SLRConfig(CoconutConfig):
+    loop: str = choices("thoughts", "depth", default="thoughts")  # thoughts: this module's loop; depth: looped.py
     timestep: str = choices("none", "add", "concat", default="add")  # timestep embedding e_t of the fed state
     timestep_dim: int = 64  # sinusoid features fed to e_t's MLP
     timestep_scale: float = 0.25  # initial mean ||e_t|| as a fraction of the mean input-embedding norm
-    loop_lora: bool = True  # a low-rank adapter per loop index, active only in its thought pass
+    loop_lora: bool = True  # a low-rank adapter per loop index, active only in its thought pass (or core iteration)
     loop_lora_r: int = 4
     loop_lora_alpha: float = 8.0
     loop_lora_targets: list[str] = field(default_factory=list)  # layer names; default q_proj,v_proj or c_attn
-    loop_lora_loops: int | None = None  # adapters per layer; default c * stages (later thoughts reuse the last)
+    loop_lora_loops: int | None = None  # adapters per layer; default c * stages or loops (later loops reuse the last)
     residual: float = 0.1  # a in s_t = h_t + a s_0 (or a s_{t-1}); 0 switches it off
     residual_mode: str = choices("initial", "previous", default="initial")
     normalize: bool = True  # rescale the fed state to the mean input-embedding norm
     halting: str = choices("none", "delta", "learned", default="delta")  # adaptive termination at answer time
-    halt_threshold: float = 0.01  # delta: stop when ||h_t - h_{t-1}|| / ||h_{t-1}|| < this
+    halt_threshold: float = 0.01  # delta: stop when ||h_t - h_{t-1}|| / ||h_{t-1}|| < this (depth: see halt_on)
     halt_probability: float = 0.5  # learned: stop when the halting head's probability exceeds this
     halt_weight: float = 0.1  # learned: weight of the halting head's BCE in the loss
     distill_weight: float = 0.0  # weight pulling thought states towards CoT step-end states
+    # loop=depth only (methods/looped.py); timestep, loop_lora*, normalize and halt_threshold serve both loops
+    prelude: int = 0  # first decoder layers, run once before the loop
+    coda: int = 0  # last decoder layers, run once after it; the layers between are the looped core
+    loops: int = 4  # T, core iterations in training (the mean when loops_random draws them)
+    loops_random: str = choices("none", "poisson", "uniform", default="none")  # draw T per training step
+    eval_loops: int | None = None  # T at answer time; default loops
+    injection: bool = True  # + h_0 (the prelude's output) after every iteration
+    backprop_loops: int | None = None  # gradients through the last k iterations only; default all
+    halt_on: str = choices("none", "change", "kl", default="none")  # per-token halting below halt_threshold
 
-    positive_keys = CoconutConfig.positive_keys + ("timestep_scale", "loop_lora_r", "loop_lora_loops")
+    positive_keys = CoconutConfig.positive_keys + ("timestep_scale", "loop_lora_r", "loop_lora_loops", "loops",
+                                                   "eval_loops", "backprop_loops")
+    thoughts_keys = tuple(
+        key for key in CoconutConfig.keys() if key not in MethodConfig.keys()
+    ) + ("residual", "residual_mode", "halting", "halt_probability", "halt_weight", "distill_weight")
+    depth_keys = ("prelude", "coda", "loops", "loops_random", "eval_loops", "injection",
+                                             "backprop_loops", "halt_on")
 
     def check(self) -> None:
         super().check()
@@ -143,6 +159,11 @@ class SLRConfig(CoconutConfig):
             raise ConfigError(f"timestep_dim={self.timestep_dim}: must be an even number of at least 2")
         if self.halt_probability > 1.0:
             raise ConfigError(f"halt_probability={self.halt_probability}: must lie in [0, 1]")
+        other, keys = ("depth", self.depth_keys) if self.loop == "thoughts" else ("thoughts", self.thoughts_keys)
+        defaults = {f.name: f.default for f in fields(self)}
+        for key in keys:
+            if getattr(self, key) != defaults[key]:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is a key of loop={other}, and this is loop={self.loop}")
 
 
 # ---- the curriculum's data -----------------------------------------------------------------------
@@ -555,6 +576,14 @@ class StableLatentReasoning(Coconut):
 
     name = "slr"
     Config = SLRConfig
+
+    def __new__(cls, config: SLRConfig | None = None, *args, **kwargs):
+        """loop=depth is the other reading of the proposal, under the same name: DepthLoop (methods/looped.py)."""
+        if config is not None and config.loop == "depth":
+            from .looped import DepthLoop
+
+            return DepthLoop(config, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, config: SLRConfig, model, tokenizer, task):
         super().__init__(config, model, tokenizer, task)

@@ -69,10 +69,14 @@ class SFTMethod(Method):
         before it is read, but its logits, which no label scores, are never computed)."""
         labels = batch.labels.to(self.device)
         first = int((labels[:, 1:] != -100).any(0).int().argmax())
-        logits = self.model(input_ids=batch.input_ids.to(self.device), attention_mask=batch.attention_mask.to(self.device),
-                            logits_to_keep=labels.shape[1] - first).logits
+        logits = self.logits(batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
+                             keep=labels.shape[1] - first)
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
                                ignore_index=-100, reduction="sum")
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """The next-token logits [B, keep, V] of the last `keep` positions (slr's depth loop computes them its own way)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
 
     @torch.no_grad()
     def answer(self, examples: list[Example]) -> list[Prediction]:

@@ -1,0 +1,311 @@
+"""Stable Latent Reasoning as its proposal writes it: the depth loop (`slr` with loop=depth).
+
+The decoder layers of the model (model.model.layers: Llama-style Hugging Face causal LMs) are cut into a
+prelude P (the first `prelude` layers), a looped core C (the layers between) and a coda D (the last
+`coda` layers); by default the core is every layer. Over every position of the sequence at once, with no
+extra tokens,
+
+    h_0 = P(E x)                                 E x the input embeddings (h_0 = E x when prelude = 0)
+    h_t = C_t(N(h_{t-1}) + e_t) + h_0            t = 1 .. T
+    y   = lm_head(norm(D(h_T)))
+
+each stabiliser a switch of SLRConfig:
+    e_t     `timestep`    the timestep embedding of iteration t (coconut.TimestepEmbedding: added, or concatenated
+                          and projected); without it x + e_t is x
+    C_t     `loop_lora`   the core with iteration t's low-rank adapters on its projections (coconut.LoopLoRA, on the
+                          core's layers only; iterations past the last adapter use the last); without it C_t = C
+    + h_0   `injection`   the input injection; without it h_t = C_t(...)
+    N       `normalize`   s -> s mu_E / ||s|| per position, mu_E the mean input-embedding norm; without it N(s) = s
+With T = 1, prelude = coda = 0 and every switch off, this is the plain model. The modules a checkpoint trained
+are built from its config; switching one off at answer time skips it (a test-time ablation).
+
+Training is plain SFT of the answer with no chain of thought, as `no-cot` trains ("question\\n", then
+"#### answer"; its batches), with T = `loops`, or, with `loops_random`, drawn per step with mean `loops`:
+poisson T = 1 + Poisson(loops - 1), uniform T ~ U{1 .. 2 loops - 1} (a function of the step, so a resumed run
+draws the same). With `backprop_loops` k, the first T - k iterations run without gradient: the loss reaches the
+core's weights and iteration t's stabilisers through the last k iterations only, and the prelude and the
+embeddings through h_0, injected in each of them (Huginn's truncation, Geiping et al. 2025).
+
+Answering (greedy, or self-consistency) is incremental: iteration t has its own KV cache for the core
+layers, and the prelude and coda share one (their layer indices never collide), so a new token runs
+P, C_1 .. C_T, D once against the keys and values every earlier token left at the same layer and iteration:
+what recomputing the whole sequence would give at it. T = `eval_loops` (default `loops`).
+
+Halting, per generated token at answer time (`halt_on`, below `halt_threshold` > 0; the prompt runs all T): after
+iteration t >= 2 a token stops iterating when
+    change   ||h_t - h_{t-1}|| / ||h_{t-1}|| < halt_threshold        (its state; the last position of the pass)
+    kl       KL(p_{t-1} || p_t) < halt_threshold,  p_t = softmax(lm_head(norm(D(h_t))))
+(kl reads the coda at every iteration, without writing its cache). Its state is frozen at h_t and the answer
+read from it. In the caches of the iterations it skipped, its keys and values are copies of those of its
+last iteration (Huginn's "latest" lookup): later tokens attend to it at every iteration, as it last was,
+and no core layer runs for it again.
+
+Cost (Prediction.forward_passes) is counted in full passes of the backbone, one pass per generated token as
+`no-cot` counts (the prompt's pass yields the first): a pass whose token ran t core iterations and k codas
+costs (prelude + t core + k coda) / layers, with k = t under kl and 1 otherwise; T = 1 with every layer in
+the core costs 1, as the plain model. A batch runs the core for every row until its last row halts (a halted
+row's results are discarded), so the count is what each token needed, not the batch's wall time.
+Prediction.thoughts holds the chosen answer's core iterations per pass (the prompt's first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+from ..config import ConfigError
+from ..tasks import Example
+from .base import ExtraModules, Prediction, encode_prompts, majority_vote, prompt_text
+from .coconut import LoopLoRA, SLRConfig, TimestepEmbedding
+from .sft import NoCoT
+
+
+@dataclass
+class Caches:
+    """The KV caches of incremental answering: `outer` for the prelude and coda layers, `loops[t - 1]` for
+    the core layers in iteration t."""
+
+    outer: DynamicCache
+    loops: list[DynamicCache]
+
+
+@dataclass
+class Pass:
+    """One pass of the depth loop: the logits [B, n, V] of its last n positions and, per row [B], the core
+    iterations it ran and the times the coda ran for it."""
+
+    logits: torch.Tensor
+    iterations: torch.Tensor
+    coda_runs: torch.Tensor
+
+
+def seeded(build):
+    """build(), with the initialisation independent of what ran before and of the other stabilisers."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        return build()
+
+
+class DepthLoop(ExtraModules, NoCoT):
+    """The same decoder layers applied T times over every position (equations in the module docstring)."""
+
+    name = "slr"
+    Config = SLRConfig
+
+    def __init__(self, config: SLRConfig, model, tokenizer, task):
+        super().__init__(config, model, tokenizer, task)
+        layers = model.get_decoder().layers
+        if config.prelude + config.coda >= len(layers):
+            raise ConfigError(f"prelude={config.prelude}, coda={config.coda}: the model has {len(layers)} decoder "
+                              f"layers, so no layer is left for the looped core")
+        self.core = range(config.prelude, len(layers) - config.coda)
+        self.coda = range(self.core.stop, len(layers))
+        self.step_loops = config.loops  # T of the training step in progress (set by `loss`)
+        self.extras = nn.ModuleDict()
+        adapters = config.loop_lora_loops or config.loops
+        if config.timestep != "none":
+            norm = config.timestep_scale * float(self.embedding_norm())
+            hidden = model.get_input_embeddings().weight.shape[1]
+            self.extras["timestep"] = seeded(lambda: TimestepEmbedding(hidden, config.timestep_dim, config.timestep,
+                                                                       norm, adapters))
+        if config.loop_lora:
+            core = nn.ModuleList(layers[i] for i in self.core)
+            self.extras["loop_lora"] = seeded(lambda: LoopLoRA(core, adapters, config.loop_lora_r,
+                                                               config.loop_lora_alpha, config.loop_lora_targets))
+        self.extras.to(self.device)
+
+    def embedding_norm(self) -> torch.Tensor:
+        """mu_E, the mean norm of the input embeddings."""
+        with torch.no_grad():
+            return self.model.get_input_embeddings().weight.float().norm(dim=-1).mean()
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self, ids: torch.Tensor, mask: torch.Tensor, loops: int, caches: Caches | None = None,
+            keep: int | None = None, halt: bool = False) -> Pass:
+        """The depth loop over new tokens `ids` [B, n]; `mask` [B, past + n] covers the cached positions and
+        the new ones (0 on padding). The logits are those of the last `keep` positions (default all).
+
+        With `caches` the pass reads and extends them. With `halt` (one new token a row, on caches) each row
+        stops iterating as the module docstring says; a row whose new slot is masked (it has finished its
+        answer) counts as halted from the start.
+        """
+        config, decoder = self.config, self.model.get_decoder()
+        x = self.model.get_input_embeddings()(ids)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        layer_inputs = dict(
+            attention_mask=create_causal_mask(config=decoder.config, inputs_embeds=x, attention_mask=mask,
+                                              cache=caches.loops[0] if caches else None, position_ids=positions,
+                                              layer_idx=self.core.start),
+            position_ids=positions,
+            position_embeddings=decoder.rotary_emb(x, position_ids=positions),
+        )
+        outer = caches.outer if caches else None
+        h0 = self.layers(range(self.core.start), x, layer_inputs, outer)
+        h = h0
+        scale = self.embedding_norm() if config.normalize else None
+        halted = mask[:, -1] == 0 if halt else torch.zeros_like(mask[:, -1], dtype=torch.bool)
+        iterations = torch.zeros_like(mask[:, -1])
+        grad = torch.is_grad_enabled()
+        first_with_grad = loops - config.backprop_loops + 1 if config.backprop_loops else 1
+        previous = None  # under halting, what the criterion compares: the last state, or log p
+        for t in range(1, loops + 1):
+            if halt and bool(halted.all()):  # no core runs: every row's entries are its last iteration's
+                self.repeat_entries(caches, t, halted)
+                continue
+            with torch.set_grad_enabled(grad and t >= first_with_grad):
+                new = self.iterate(h, h0, t, scale, layer_inputs, caches.loops[t - 1] if caches else None)
+            if halt and t >= 2 and bool(halted.any()):
+                self.repeat_entries(caches, t, halted)
+                new = torch.where(halted[:, None, None], h, new)
+            iterations += (~halted).long()
+            h = new
+            if halt and t < loops:
+                watched = self.peek(h, layer_inputs, outer) if config.halt_on == "kl" else h[:, -1].float()
+                if t >= 2:
+                    halted = halted | (self.divergence(watched, previous) < config.halt_threshold)
+                previous = watched
+        h = self.layers(self.coda, h, layer_inputs, outer)
+        logits = self.head(h if keep is None else h[:, -keep:])
+        coda_runs = iterations if halt and config.halt_on == "kl" else torch.ones_like(iterations)
+        return Pass(logits, iterations, coda_runs)
+
+    def iterate(self, h, h0, t: int, scale, layer_inputs: dict, cache) -> torch.Tensor:
+        """h_t = C_t(N(h_{t-1}) + e_t) + h_0, with the switched-on stabilisers."""
+        config = self.config
+        x = h
+        if scale is not None:
+            x = x * (scale / x.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)).to(x.dtype)
+        if config.timestep != "none" and "timestep" in self.extras:
+            x = self.extras["timestep"](x, t - 1)
+        lora = self.extras["loop_lora"] if config.loop_lora and "loop_lora" in self.extras else None
+        if lora is not None:
+            lora.active = t - 1
+        try:
+            x = self.layers(self.core, x, layer_inputs, cache)
+        finally:
+            if lora is not None:
+                lora.active = None
+        return x + h0 if config.injection else x
+
+    def layers(self, indices: range, h: torch.Tensor, layer_inputs: dict, cache) -> torch.Tensor:
+        """The decoder layers `indices` over h, called as the model's own forward calls them."""
+        decoder = self.model.get_decoder()
+        for i in indices:
+            h = decoder.layers[i](h, **layer_inputs, cache=cache, use_cache=cache is not None)
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(self.model.get_decoder().norm(h))
+
+    # -- halting -------------------------------------------------------------------------------------
+    def peek(self, h: torch.Tensor, layer_inputs: dict, outer: DynamicCache) -> torch.Tensor:
+        """log p_t [B, V] at the last position: the coda and head over h, the coda's cache left as it was."""
+        saved = [(outer.layers[i].keys, outer.layers[i].values) for i in self.coda]
+        try:
+            logits = self.head(self.layers(self.coda, h, layer_inputs, outer)[:, -1:])
+        finally:
+            for i, (keys, values) in zip(self.coda, saved):
+                outer.layers[i].keys, outer.layers[i].values = keys, values
+        return logits[:, -1].float().log_softmax(-1)
+
+    def divergence(self, now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        """[B] what halting watches: the relative change of the state, or KL(p_{t-1} || p_t)."""
+        if self.config.halt_on == "kl":
+            return (before.exp() * (before - now)).sum(-1)
+        return (now - before).norm(dim=-1) / before.norm(dim=-1).clamp_min(1e-6)
+
+    def repeat_entries(self, caches: Caches, t: int, rows: torch.Tensor) -> None:
+        """In iteration t's cache, the last position of `rows` [B] bool takes the keys and values it has in
+        iteration t - 1's; appended when iteration t did not run at all (every row halted)."""
+        now, before = caches.loops[t - 1], caches.loops[t - 2]
+        for i in self.core:
+            keys, values = before.layers[i].keys[:, :, -1:], before.layers[i].values[:, :, -1:]
+            if now.layers[i].get_seq_length() < before.layers[i].get_seq_length():
+                now.update(keys, values, i)
+            else:
+                now.layers[i].keys[rows, :, -1:] = keys[rows]
+                now.layers[i].values[rows, :, -1:] = values[rows]
+
+    # -- training ----------------------------------------------------------------------------------
+    def training_loops(self, step: int) -> int:
+        """T at training step `step`: `loops`, or drawn with mean `loops` (loops_random), seeded by the step."""
+        config = self.config
+        draw = np.random.default_rng(step)
+        if config.loops_random == "poisson":
+            return 1 + int(draw.poisson(config.loops - 1))
+        if config.loops_random == "uniform":
+            return int(draw.integers(1, 2 * config.loops))
+        return config.loops
+
+    def loss(self, examples: list[Example], step: int):
+        self._extras_on_device()
+        self.step_loops = self.training_loops(step)
+        loss, metrics = super().loss(examples, step)
+        return loss, {**metrics, "loops": float(self.step_loops)}
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
+        return self.run(input_ids, attention_mask, self.step_loops, keep=keep).logits
+
+    # -- answering ---------------------------------------------------------------------------------
+    def eval_loops(self) -> int:
+        return self.config.eval_loops or self.config.loops
+
+    def new_caches(self) -> Caches:
+        fresh = lambda: DynamicCache(config=self.model.config)  # noqa: E731
+        return Caches(fresh(), [fresh() for _ in range(self.eval_loops())])
+
+    def pass_cost(self, iterations: int, coda_runs: int) -> float:
+        """A pass in full passes of the backbone (module docstring)."""
+        layers = self.coda.stop
+        return (self.core.start + iterations * len(self.core) + coda_runs * len(self.coda)) / layers
+
+    @torch.no_grad()
+    def answer(self, examples: list[Example]) -> list[Prediction]:
+        """The prompt's pass, then one incremental pass per generated token; greedy, or k samples and a majority vote."""
+        if not examples:
+            return []
+        config = self.config
+        self._extras_on_device()
+        sampling = config.decoding == "self-consistency"
+        k = config.samples if sampling else 1
+        inputs = encode_prompts(self.tokenizer, [prompt_text(e) for e in examples for _ in range(k)], self.device)
+        mask, caches, loops = inputs["attention_mask"], self.new_caches(), self.eval_loops()
+        halting = config.halt_on != "none" and config.halt_threshold > 0
+        step = self.run(inputs["input_ids"], mask, loops, caches, keep=1)
+        rows = mask.shape[0]
+        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        tokens, costs = [], [[] for _ in range(rows)]
+        while True:
+            for b in (~done).nonzero().flatten().tolist():
+                costs[b].append((int(step.iterations[b]), int(step.coda_runs[b])))
+            logits = step.logits[:, -1].float()
+            if sampling:
+                picked = torch.multinomial(torch.softmax(logits / config.temperature, dim=-1), 1).squeeze(1)
+            else:
+                picked = logits.argmax(-1)
+            picked = torch.where(done, torch.full_like(picked, self.tokenizer.pad_token_id), picked)
+            tokens.append(picked)
+            done = done | (picked == self.tokenizer.eos_token_id)
+            if bool(done.all()) or len(tokens) == config.max_new_tokens:
+                break
+            mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
+            step = self.run(picked.unsqueeze(1), mask, loops, caches, halt=halting)
+        ids = torch.stack(tokens, 1).tolist()
+        texts = [self.tokenizer.decode(row[: len(cost)], skip_special_tokens=True) for row, cost in zip(ids, costs)]
+        predictions = []
+        for i in range(len(examples)):
+            chosen = i * k + (majority_vote(texts[i * k : (i + 1) * k]) if k > 1 else 0)
+            sampled = costs[i * k : (i + 1) * k]
+            predictions.append(Prediction(
+                text=texts[chosen],
+                answer=self.parse(texts[chosen]),
+                forward_passes=sum(self.pass_cost(*c) for cost in sampled for c in cost),
+                generated_tokens=sum(map(len, sampled)),
+                thoughts=[iterations for iterations, _ in costs[chosen]],
+            ))
+        return predictions
