@@ -33,7 +33,8 @@ def _short(text: str, width: int = 110) -> str:
 def report(method, examples: list[Example], top_k: int = 5, png_path: str | Path | None = None) -> str:
     """The text report for `examples` under a loaded continuous-thought `method`."""
     if not hasattr(method, "think"):
-        raise ValueError(f"method {method.name!r} has no continuous thoughts to inspect (use coconut or slr)")
+        raise ValueError(f"method {method.name!r} has no continuous thoughts to inspect (use coconut, "
+                         "or slr with loop=thoughts)")
     if not examples:
         raise ValueError("nothing to inspect: the example list is empty")
     method.model.eval()

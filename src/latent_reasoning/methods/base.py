@@ -40,9 +40,9 @@ class Prediction:
 
     text: str
     answer: str | None  # the final answer parsed out of `text`
-    forward_passes: int
+    forward_passes: float  # whole passes of the backbone; a fraction where a pass runs part of it (slr loop=depth)
     generated_tokens: int
-    thoughts: list[Any] | None = None
+    thoughts: list[Any] | None = None  # coconut, slr: the thoughts' norms; slr loop=depth: core iterations per pass
 
 
 @dataclass

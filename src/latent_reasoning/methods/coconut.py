@@ -52,7 +52,8 @@ ceil(N_train / (batch_size x grad_accum x processes)). The paper trains with 128
 = 355 steps, GSM8K-Aug (385,620) 3 epochs = 9,039 steps (it starts at stage 1 from a CoT model:
 first_stage=1, init_from=<cot checkpoint>). configs/coconut-*.yaml hold these recipes.
 
-Stable Latent Reasoning (`slr`) adds stabilisers to the loop, each a switch of SLRConfig:
+Stable Latent Reasoning (`slr`, with loop=thoughts, the default) adds stabilisers to the loop, each a switch
+of SLRConfig (loop=depth is the proposal's other reading, the same layers looped over every position: looped.py):
 
     s_0 = h_0
     s_t = h_t + a s_0   (residual_mode=initial)  or  h_t + a s_{t-1}  (previous)   loop residual, a = `residual`
@@ -163,7 +164,7 @@ class SLRConfig(CoconutConfig):
         defaults = {f.name: f.default for f in fields(self)}
         for key in keys:
             if getattr(self, key) != defaults[key]:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is a key of loop={other}, and this is loop={self.loop}")
+                raise ConfigError(f"{key}={getattr(self, key)!r}: a key of loop={other}, and this is loop={self.loop}")
 
 
 # ---- the curriculum's data -----------------------------------------------------------------------

@@ -42,7 +42,7 @@ and no core layer runs for it again.
 
 Cost (Prediction.forward_passes) is counted in full passes of the backbone, one pass per generated token as
 `no-cot` counts (the prompt's pass yields the first): a pass whose token ran t core iterations and k codas
-costs (prelude + t core + k coda) / layers, with k = t under kl and 1 otherwise; T = 1 with every layer in
+costs (prelude + t core + k coda) / layers, with k = t under kl halting and 1 otherwise; T = 1 with every layer in
 the core costs 1, as the plain model. A batch runs the core for every row until its last row halts (a halted
 row's results are discarded), so the count is what each token needed, not the batch's wall time.
 Prediction.thoughts holds the chosen answer's core iterations per pass (the prompt's first).
@@ -107,7 +107,7 @@ class DepthLoop(ExtraModules, NoCoT):
         self.coda = range(self.core.stop, len(layers))
         self.step_loops = config.loops  # T of the training step in progress (set by `loss`)
         self.extras = nn.ModuleDict()
-        adapters = config.loop_lora_loops or config.loops
+        adapters = config.loop_lora_loops or config.loops  # loop indices with their own adapter and e_t scale
         if config.timestep != "none":
             norm = config.timestep_scale * float(self.embedding_norm())
             hidden = model.get_input_embeddings().weight.shape[1]
@@ -266,7 +266,7 @@ class DepthLoop(ExtraModules, NoCoT):
 
     @torch.no_grad()
     def answer(self, examples: list[Example]) -> list[Prediction]:
-        """The prompt's pass, then one incremental pass per generated token; greedy, or k samples and a majority vote."""
+        """The prompt's pass, then one incremental pass per generated token: greedy, or k samples and a vote."""
         if not examples:
             return []
         config = self.config
