@@ -12,6 +12,8 @@ REGISTRY = {
     "slr": "coconut:StableLatentReasoning",
     "latro": "latro:LaTRO",
     "icot": "icot:ICoT",
+    "softcot": "softcot:SoftCoT",
+    "softcot++": "softcot:SoftCoTPlusPlus",
 }
 
 
