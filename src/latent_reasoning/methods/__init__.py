@@ -14,6 +14,7 @@ REGISTRY = {
     "icot": "icot:ICoT",
     "softcot": "softcot:SoftCoT",
     "softcot++": "softcot:SoftCoTPlusPlus",
+    "lta-thinker": "lta_thinker:LTAThinker",
 }
 
 
