@@ -18,7 +18,8 @@ def evaluate(method, examples: list[Example], batch_size: int = 64, out: str | P
 
     The summary is the result row of DESIGN.md: task, split, n, method, model, seed, accuracy,
     forward_passes and generated_tokens (means per example, as counted by the method),
-    seconds_per_example, examples_per_second, command (from `run`, where given).
+    seconds_per_example, examples_per_second, command (from `run`, where given), and thought_variance
+    (softcot, lta-thinker: the mean of the predictions' thought variance) where the method reports one.
     With `out`, writes out/predictions.jsonl and out/summary.json.
     """
     if not examples:
@@ -39,6 +40,7 @@ def evaluate(method, examples: list[Example], batch_size: int = 64, out: str | P
                 "forward_passes": prediction.forward_passes,
                 "generated_tokens": prediction.generated_tokens,
                 **({"thoughts": prediction.thoughts} if prediction.thoughts is not None else {}),
+                **({"thought_variance": prediction.thought_variance} if prediction.thought_variance is not None else {}),
             })
     seconds = time.perf_counter() - started
     n = len(rows)
@@ -57,6 +59,9 @@ def evaluate(method, examples: list[Example], batch_size: int = 64, out: str | P
         "examples_per_second": n / seconds if seconds else float("inf"),
         "command": run.get("command"),
     }
+    variances = [row["thought_variance"] for row in rows if "thought_variance" in row]
+    if variances:
+        summary["thought_variance"] = sum(variances) / len(variances)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

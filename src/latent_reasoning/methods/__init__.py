@@ -12,6 +12,9 @@ REGISTRY = {
     "slr": "coconut:StableLatentReasoning",
     "latro": "latro:LaTRO",
     "icot": "icot:ICoT",
+    "softcot": "softcot:SoftCoT",
+    "softcot++": "softcot:SoftCoTPlusPlus",
+    "lta-thinker": "lta_thinker:LTAThinker",
 }
 
 

@@ -42,7 +42,9 @@ class Prediction:
     answer: str | None  # the final answer parsed out of `text`
     forward_passes: float  # whole passes of the backbone; a fraction where a pass runs part of it (slr loop=depth)
     generated_tokens: int
-    thoughts: list[Any] | None = None  # coconut, slr: the thoughts' norms; slr loop=depth: core iterations per pass
+    # coconut, slr, softcot, lta-thinker: the thoughts' norms; slr loop=depth: core iterations per pass
+    thoughts: list[Any] | None = None
+    thought_variance: float | None = None  # softcot, lta-thinker: the thoughts' variance around their mean
 
 
 @dataclass
