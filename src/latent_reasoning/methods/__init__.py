@@ -11,6 +11,7 @@ REGISTRY = {
     "coconut": "coconut:Coconut",
     "slr": "coconut:StableLatentReasoning",
     "latro": "latro:LaTRO",
+    "grpo": "grpo:GRPO",
     "icot": "icot:ICoT",
 }
 
