@@ -12,6 +12,7 @@ REGISTRY = {
     "slr": "coconut:StableLatentReasoning",
     "latro": "latro:LaTRO",
     "grpo": "grpo:GRPO",
+    "lepo": "lepo:LEPO",
     "icot": "icot:ICoT",
 }
 
