@@ -60,7 +60,9 @@ Choices of ours, where the paper or its code leaves room or differs:
 - The KL term (beta > 0, off in the official configs) scores the visible tokens at every position.
 - Answering: `eval_latent_steps` soft steps (default: latent_steps; 0: plain decoding, as the
   official MATH-500 evaluation), deterministic (noise none) under greedy decoding and with the
-  training noise under self-consistency.
+  training noise under self-consistency. top_k and top_p filter every step as in the rollouts (a soft
+  token is defined on the filtered logits); grpo, latro and cot-sc sample unfiltered when answering,
+  so their pass@k at equal temperature differs from lepo's by that filter (greedy answers do not).
 
 Logged each step, beside grpo's: `latent_entropy`, the mean entropy -sum_k y_k log y_k of the soft
 tokens (over their stored top-k), and `latent_steps`, the mean soft steps a rollout took.
