@@ -315,6 +315,8 @@ def test_a_short_run_raises_the_reward_and_checkpoints_the_reference(tmp_path, e
     history = Trainer(method, examples, run.train, tmp_path, run.describe("test")).fit()
     rewards = [record["reward"] for record in history]
     assert all(0.0 <= record["finished"] <= 1.0 and record["sampled_tokens"] > 0 for record in history)
+    assert all(0.0 <= record["zero_spread"] <= 1.0 and 1.0 <= record["distinct_rationales"] <= 4.0 for record in history)
+    assert any(record["distinct_rationales"] > 1.0 for record in history)
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 1.0, rewards
     extras = load_file(tmp_path / "checkpoint" / "extras.safetensors")
     assert extras and all(name.startswith("reference.") for name in extras)

@@ -18,8 +18,10 @@ def evaluate(method, examples: list[Example], batch_size: int = 64, out: str | P
 
     The summary is the result row of DESIGN.md: task, split, n, method, model, seed, accuracy,
     forward_passes and generated_tokens (means per example, as counted by the method),
-    seconds_per_example, examples_per_second, command (from `run`, where given), and thought_variance
-    (softcot, lta-thinker: the mean of the predictions' thought variance) where the method reports one.
+    seconds_per_example, examples_per_second, command (from `run`, where given), thought_variance
+    (softcot, lta-thinker: the mean of the predictions' thought variance) where the method reports one,
+    and, where the method returns every sampled text (self-consistency decoding of cot-sc, latro, grpo,
+    lepo), `pass_at_k`.
     With `out`, writes out/predictions.jsonl and out/summary.json.
     """
     if not examples:
@@ -41,6 +43,8 @@ def evaluate(method, examples: list[Example], batch_size: int = 64, out: str | P
                 "generated_tokens": prediction.generated_tokens,
                 **({"thoughts": prediction.thoughts} if prediction.thoughts is not None else {}),
                 **({"thought_variance": prediction.thought_variance} if prediction.thought_variance is not None else {}),
+                **({"samples_correct": [bool(method.task.grade(text, example)) for text in prediction.samples]}
+                   if prediction.samples is not None else {}),
             })
     seconds = time.perf_counter() - started
     n = len(rows)
@@ -62,6 +66,9 @@ def evaluate(method, examples: list[Example], batch_size: int = 64, out: str | P
     variances = [row["thought_variance"] for row in rows if "thought_variance" in row]
     if variances:
         summary["thought_variance"] = sum(variances) / len(variances)
+    graded = [row["samples_correct"] for row in rows if "samples_correct" in row]
+    if graded and len(graded) == n:
+        summary.update(pass_at_k(graded))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -70,3 +77,14 @@ def evaluate(method, examples: list[Example], batch_size: int = 64, out: str | P
                 handle.write(json.dumps(row) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def pass_at_k(graded: list[list[bool]]) -> dict[str, float]:
+    """From each question's k sampled answers graded (self-consistency decoding): `pass_at_1`, the mean
+    accuracy of a single sample (over all samples), and `pass_at_k`, the fraction of questions that at
+    least one of its k samples answers right; `pass_k` is k (the smallest count, if they differ)."""
+    return {
+        "pass_at_1": sum(sum(g) / len(g) for g in graded) / len(graded),
+        "pass_at_k": sum(any(g) for g in graded) / len(graded),
+        "pass_k": min(len(g) for g in graded),
+    }

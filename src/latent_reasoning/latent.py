@@ -12,7 +12,8 @@
    for any Hugging Face causal LM, batched over left-padded prompts and on one KV cache
    (`thought_loop`, `extend`, `forward_with_thoughts`, `decode`).
 3. Gumbel-Softmax soft tokens for policy gradients over continuous thoughts (LEPO):
-   `gumbel_softmax_embedding`, `gumbel_softmax_log_prob`.
+   `gumbel_softmax_embedding`, `gumbel_softmax_log_prob`, and LEPO's rollout step `soft_token` with the
+   log-density of the Gumbel noise it drew, `gumbel_noise_log_density` (SofT-GRPO's estimator).
 
 How a batch stays exact. Every forward pass appends one column per example to a 2-D attention
 mask (1 = a real token, 0 = an empty slot), and position ids are the running count of real tokens,
@@ -280,6 +281,11 @@ def decode(
 # ---- 3. Gumbel-Softmax soft tokens ---------------------------------------------------------------
 
 
+def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard Gumbel noise shaped like `like`: g = -log E, E ~ Exponential(1), drawn with `generator`."""
+    return -torch.empty_like(like).exponential_(generator=generator).log()
+
+
 def gumbel_softmax_embedding(
     logits: torch.Tensor,
     embedding_weight: torch.Tensor,
@@ -301,8 +307,7 @@ def gumbel_softmax_embedding(
     for a score-function (policy-gradient) estimator detach y and score it with
     `gumbel_softmax_log_prob(logits, y, tau)`.
     """
-    gumbels = -torch.empty_like(logits).exponential_(generator=generator).log()
-    probs = torch.softmax((logits + gumbels) / tau, dim=-1)
+    probs = torch.softmax((logits + gumbel_noise(logits, generator)) / tau, dim=-1)
     if hard:
         one_hot = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
         probs = one_hot - probs.detach() + probs
@@ -330,3 +335,46 @@ def gumbel_softmax_log_prob(logits: torch.Tensor, probs: torch.Tensor, tau: floa
         + (logits - (tau + 1) * log_y).sum(-1)
         - k * torch.logsumexp(logits - tau * log_y, dim=-1)
     )
+
+
+def soft_token(
+    scores: torch.Tensor,
+    embedding_weight: torch.Tensor,
+    tau: float,
+    noise: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LEPO's soft token from next-token scores s [B, V] (logits after temperature, top-k and top-p:
+    -inf outside the kept set S):
+
+        z = log softmax(s) + g        g_k ~ Gumbel(0, 1) with `noise`, else g = 0
+        y = softmax(z / tau)          = gumbel_softmax(s, tau) with noise; softmax(s / tau) without
+        e = y @ E                     E = embedding_weight [V, H]
+
+    y vanishes outside S, and argmax y = argmax (s + g) is a sample of softmax(s) (Gumbel-max; without
+    noise, its mode). Returns (e [B, H], y [B, V], z [B, V]): z, the perturbed log-probabilities (-inf
+    outside S), is what `gumbel_noise_log_density` scores.
+    """
+    z = torch.log_softmax(scores.float(), dim=-1)
+    if noise:
+        z = z + gumbel_noise(z, generator)
+    y = torch.softmax(z / tau, dim=-1)
+    return y.to(embedding_weight.dtype) @ embedding_weight, y, z
+
+
+def gumbel_noise_log_density(perturbed: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The log-density of the Gumbel noise that perturbed log-probabilities z (`soft_token`) imply under
+    scores s, over the entries where z is finite (the kept set S; the others were filtered out):
+
+        eps_k    = z_k - log p_k,      p = softmax(s) renormalised over S
+        log q(z) = sum_{k in S} ( -eps_k - exp(-eps_k) )        the Gumbel(0, 1) log-density of eps
+
+    the density of z = log p + g under the policy that gives s (SofT-GRPO's reparameterised
+    log-probability of a soft token). z and s share their last dimension (e.g. a soft token's stored
+    top-k entries); returns one value per leading index. Differentiable in s; z is a constant. Its
+    score d log q / d log p_k = 1 - exp(-eps_k) has mean zero under the noise.
+    """
+    support = torch.isfinite(perturbed)
+    log_p = torch.log_softmax(scores.float().masked_fill(~support, -math.inf), dim=-1)
+    eps = torch.where(support, perturbed.masked_fill(~support, 0.0) - log_p.masked_fill(~support, 0.0), 0.0)
+    return torch.where(support, -eps - torch.exp(-eps), 0.0).sum(-1)

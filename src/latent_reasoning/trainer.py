@@ -253,7 +253,9 @@ class Trainer:
             return {}
         self.method.model.eval()
         summary = self.evaluate(self.method, examples, batch_size=self.config.eval_batch_size)
-        return {"eval_accuracy": summary["accuracy"], "eval_forward_passes": summary["forward_passes"]}
+        scores = {"eval_accuracy": summary["accuracy"], "eval_forward_passes": summary["forward_passes"]}
+        scores.update({f"eval_{key}": summary[key] for key in ("pass_at_1", "pass_at_k") if key in summary})
+        return scores
 
     def _diverged(self, step: int, loss: torch.Tensor):
         saved = checkpoint.find(self.out / "checkpoint")

@@ -11,6 +11,8 @@ REGISTRY = {
     "coconut": "coconut:Coconut",
     "slr": "coconut:StableLatentReasoning",
     "latro": "latro:LaTRO",
+    "grpo": "grpo:GRPO",
+    "lepo": "lepo:LEPO",
     "icot": "icot:ICoT",
     "softcot": "softcot:SoftCoT",
     "softcot++": "softcot:SoftCoTPlusPlus",

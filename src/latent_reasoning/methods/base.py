@@ -1,16 +1,23 @@
-"""What every method shares: its config fields, the Prediction it returns, text layout and batching."""
+"""What every method shares: its config fields, the Prediction it returns, text layout and batching; and
+what the methods that learn from their own samples share (latro, grpo, lepo): groups of rollouts drawn
+from one shared prefill (`sample`), the teacher-forced pass that scores them, the reference model, the
+per-step diagnostics of a group (`RolloutMethod`)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Hashable
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from ..config import Config, choices
+from ..latent import soft_token
 from ..tasks import Example, Task
 from ..tasks.answers import extract_final
 
@@ -45,6 +52,7 @@ class Prediction:
     # coconut, slr, softcot, lta-thinker: the thoughts' norms; slr loop=depth: core iterations per pass
     thoughts: list[Any] | None = None
     thought_variance: float | None = None  # softcot, lta-thinker: the thoughts' variance around their mean
+    samples: list[str] | None = None  # self-consistency: every sampled text (the evaluator's pass@k), where given
 
 
 @dataclass
@@ -182,7 +190,11 @@ def generated_lengths(new_ids: torch.Tensor, eos_token_id: int, pad_token_id: in
 
 def majority_vote(texts: list[str]) -> int:
     """Index of the sample whose parsed answer is the most common (ties: the earliest); CoT-SC's vote."""
-    answers = [normalise_answer(extract_final(text)) for text in texts]
+    return vote([normalise_answer(extract_final(text)) for text in texts])
+
+
+def vote(answers: list[str | None]) -> int:
+    """Index of the most common parsed answer (ties: the earliest); 0 when none parsed."""
     counts = Counter(answer for answer in answers if answer)
     if not counts:
         return 0
@@ -269,3 +281,324 @@ class ExtraModules:
                 raise ValueError(f"method {self.name!r}: extra {key!r} has shape {tuple(tensor.shape)} in the "
                                  f"checkpoint but {tuple(own[key].shape)} here (a config key differs)")
         self.extras.load_state_dict(state)
+
+
+# ---- rollouts: K samples per prompt on one shared prefill (latro, grpo, lepo) ------------------------
+
+
+@dataclass
+class SoftThinking:
+    """The first `steps` positions of a rollout are soft tokens (LEPO; `latent.soft_token`): y = softmax(z / tau)
+    over the filtered scores, z perturbed by Gumbel noise (`noise`) or not; the model reads e = y E there, the
+    visible token is argmax y, and the `label_k` largest entries of y are kept as the step's soft label."""
+
+    steps: int
+    tau: float
+    noise: bool
+    label_k: int
+
+
+@dataclass
+class Samples:
+    """B*K sampled continuations, rows grouped by prompt (rows b*K .. b*K+K-1 belong to prompt b).
+
+    ids:        [N, T] sampled tokens, `pad` after each row's end (T = the longest row); at a soft step, its visible token
+    lengths:    [N] tokens sampled per row (including the EOS or the token that completed `stop`)
+    kept:       [N] tokens before the one where `stop` begins, or before EOS; = lengths if neither came
+    finished:   [N] bool, reached `stop` (or EOS, with stop_on_eos)
+    logprobs:   [N, T] log pi(token | prefix) of each sampled token at temperature 1 (0 after the end)
+    forward_passes: model calls made (one prefill + one per decoding step), for the whole batch
+    With soft steps (`SoftThinking`), over the first L = min(steps, T) positions (zeros after a row's end):
+    soft_embeds: [N, L, H] the embeddings e = y E read there;  label_ids, label_probs: [N, L, label_k] the
+    largest entries of y;  label_scores: [N, L, label_k] the perturbed log-probabilities z at those ids
+    (-inf outside the kept set).
+    """
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    kept: torch.Tensor
+    finished: torch.Tensor
+    logprobs: torch.Tensor
+    forward_passes: int
+    soft_embeds: torch.Tensor | None = None
+    label_ids: torch.Tensor | None = None
+    label_probs: torch.Tensor | None = None
+    label_scores: torch.Tensor | None = None
+
+    @property
+    def sampled_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def soft_mask(self) -> torch.Tensor:
+        """[N, L] True at the soft steps each row really took (before its end)."""
+        columns = torch.arange(self.label_ids.shape[1], device=self.lengths.device)
+        return columns.unsqueeze(0) < self.lengths.unsqueeze(1)
+
+
+def eos_ids(tokenizer, model) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def _stop_start(tokenizer, window: list[int], stop: str) -> int:
+    """Index in `window` of the token where `stop` begins, for a window whose text contains `stop`:
+    the last token from which the decoded text still holds it."""
+    for first in range(len(window) - 1, -1, -1):
+        if stop in tokenizer.decode(window[first:], skip_special_tokens=True):
+            return first
+    return 0
+
+
+def filter_logits(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """-inf outside the `top_k` largest scores (0: all) and outside the smallest set of the largest whose
+    probability reaches `top_p` (1: all), top-k first (Hugging Face's order). [B, V] -> [B, V]."""
+    if 0 < top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    if top_p < 1.0:
+        ordered, order = scores.sort(dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        beyond = probs.cumsum(-1) - probs >= top_p  # the mass before the token already reaches top_p
+        scores = scores.masked_fill(beyond.scatter(1, order, beyond), -math.inf)
+    return scores
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    k: int,
+    max_tokens: int,
+    temperature: float = 1.0,
+    stop: str | None = None,
+    stop_on_eos: bool = True,
+    generator: torch.Generator | None = None,
+    share_prompt: bool = True,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    soft: SoftThinking | None = None,
+) -> Samples:
+    """Sample k continuations of each LEFT-padded prompt [B, L], batched over all B*k rows.
+
+    The prompts are prefilled once and their KV cache repeated k times (`share_prompt=False`
+    prefills every copy instead: the reference the shared cache must match). Each step feeds the
+    last token of every unfinished row; a row ends at EOS, at the token that completes `stop` in
+    its decoded text, or after `max_tokens`, and leaves the batch (its cache rows are dropped).
+    Tokens are drawn from softmax(s), s = `filter_logits`(logits / temperature, top_k, top_p), with
+    `generator` (default: the global RNG); temperature 0 decodes greedily (s = filtered logits).
+    With `soft`, the first soft.steps positions are soft tokens (`latent.soft_token` of s): the model
+    reads y E there and the visible token, argmax y, counts for the endings as any token. No gradients.
+    """
+    device = prompt_ids.device
+    n = prompt_ids.shape[0] * k
+    eos = torch.tensor(eos_ids(tokenizer, model), device=device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
+    mask = prompt_mask.long()
+    cache = DynamicCache(config=model.config)
+    ids = prompt_ids if share_prompt else prompt_ids.repeat_interleave(k, 0)
+    first_mask = mask if share_prompt else mask.repeat_interleave(k, 0)
+    positions = (first_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=first_mask, position_ids=positions, cache=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    if share_prompt:
+        cache.batch_repeat_interleave(k)
+        logits = logits.repeat_interleave(k, 0)
+    mask = mask.repeat_interleave(k, 0)
+    prompt_length = mask.sum(-1)
+    passes = 1
+
+    tokens = torch.full((n, max_tokens), pad, dtype=torch.long, device=device)
+    logprobs = torch.zeros(n, max_tokens, device=device)
+    lengths = torch.full((n,), max_tokens, dtype=torch.long, device=device)
+    kept = torch.full((n,), max_tokens, dtype=torch.long, device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    soft_steps = min(soft.steps, max_tokens) if soft else 0
+    if soft:
+        embedding = model.get_input_embeddings().weight
+        soft_embeds = embedding.new_zeros(n, soft_steps, embedding.shape[1])
+        label_ids = torch.zeros(n, soft_steps, soft.label_k, dtype=torch.long, device=device)
+        label_probs = torch.zeros(n, soft_steps, soft.label_k, device=device)
+        label_scores = torch.zeros(n, soft_steps, soft.label_k, device=device)
+    alive = torch.arange(n, device=device)  # rows still sampling, in cache order
+    window = len(stop) + 2 if stop else 0
+    steps = 0
+    for t in range(max_tokens):
+        log_probs = torch.log_softmax(logits, dim=-1)
+        scores = filter_logits(logits / temperature if temperature > 0 else logits, top_k, top_p)
+        if t < soft_steps:
+            embedded, y, z = soft_token(scores, embedding, soft.tau, soft.noise, generator)
+            picked = y.argmax(-1)
+            label_probs[alive, t], label_ids[alive, t] = y.topk(soft.label_k, dim=-1)
+            label_scores[alive, t] = z.gather(1, label_ids[alive, t])
+            soft_embeds[alive, t] = embedded
+            feed = {"inputs_embeds": embedded.unsqueeze(1)}
+        else:
+            if temperature > 0:
+                picked = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+            else:
+                picked = scores.argmax(-1)
+            feed = {"input_ids": picked.unsqueeze(1)}
+        tokens[alive, t] = picked
+        logprobs[alive, t] = log_probs.gather(1, picked.unsqueeze(1)).squeeze(1)
+        steps = t + 1
+
+        ended = torch.isin(picked, eos)
+        done = ended.clone()
+        kept[alive[ended]] = t
+        finished[alive[ended]] = stop_on_eos or not stop
+        if stop:
+            # A stop string of s characters spans at most s tokens ending at the newest one (every
+            # token decodes to at least one character), so only a short window is decoded.
+            start = max(0, t + 1 - window)
+            windows = tokens[alive, start : t + 1].tolist()
+            texts = tokenizer.batch_decode(windows, skip_special_tokens=True)
+            for i, (text, eos_here) in enumerate(zip(texts, ended.tolist())):
+                if not eos_here and stop in text:
+                    row = alive[i]
+                    done[i], finished[row] = True, True
+                    kept[row] = start + _stop_start(tokenizer, windows[i], stop)
+        lengths[alive[done]] = t + 1
+        if t + 1 == max_tokens or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            alive, mask = alive[keep], mask[keep]
+            feed = {name: value[keep] for name, value in feed.items()}
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        position = (prompt_length[alive] + t).unsqueeze(1)
+        logits = model(**feed, attention_mask=mask, position_ids=position, cache=cache,
+                       use_cache=True).logits[:, -1].float()
+        passes += 1
+    samples = Samples(tokens[:, :steps], lengths, kept, finished, logprobs[:, :steps], passes)
+    if soft:
+        taken = min(soft_steps, steps)
+        samples.soft_embeds, samples.label_ids = soft_embeds[:, :taken], label_ids[:, :taken]
+        samples.label_probs, samples.label_scores = label_probs[:, :taken], label_scores[:, :taken]
+    return samples
+
+
+def tail_log_softmax(model, inputs: torch.Tensor, attention_mask: torch.Tensor, width: int) -> torch.Tensor:
+    """log pi(. | everything before) at the last `width` positions of rows [left-padded prompt | right-padded
+    tail]: [N, width, V], where [:, t] predicts tail position t. `inputs` are ids [N, S] or embeddings
+    [N, S, H]. One forward pass that computes only those logits; differentiable (call under torch.no_grad()
+    for a reference)."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    given = {"input_ids": inputs} if inputs.dim() == 2 else {"inputs_embeds": inputs}
+    logits = model(**given, attention_mask=attention_mask, position_ids=positions, use_cache=False,
+                   logits_to_keep=width + 1).logits[:, :-1]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+# ---- what a group of rollouts says --------------------------------------------------------------------
+
+
+def zero_spread(rewards: torch.Tensor) -> float:
+    """Fraction of the groups (rows of `rewards` [B, K]) whose K rewards are all equal: no signal for a
+    baseline taken within the group."""
+    flat = rewards.max(1).values - rewards.min(1).values
+    return float(torch.isclose(flat, torch.zeros_like(flat)).float().mean())
+
+
+def distinct_per_group(keys: list[Hashable], k: int) -> float:
+    """Mean number of distinct `keys` (answers, rationales) among each group of k consecutive rows."""
+    groups = [keys[first : first + k] for first in range(0, len(keys), k)]
+    return sum(len(set(group)) for group in groups) / max(len(groups), 1)
+
+
+class RolloutMethod(Method):
+    """A method that learns from its own samples (latro, grpo, lepo): left-padded prompts, rollouts drawn
+    with `sample`, a reference model pi_ref, and answers drawn the same way (greedy, or self-consistency).
+
+    pi_ref costs no second copy under LoRA: it is the same weights with the adapter disabled (`with
+    model.disable_adapter():`). Without LoRA it is a frozen deep copy of the model as it was when first
+    asked for (the first training step): one more full set of weights in memory (SmolLM2-135M: 538 MB in
+    fp32), also written to each checkpoint's extras so that a resumed run keeps the same reference.
+    """
+
+    def __init__(self, config: MethodConfig, model, tokenizer, task: Task):
+        super().__init__(config, model, tokenizer, task)
+        self._reference_model = None  # the frozen copy (no LoRA), made on first use
+        self._reference_state: dict[str, torch.Tensor] | None = None  # a checkpoint's copy, loaded on first use
+
+    # -- the reference -----------------------------------------------------------------------------
+    @property
+    def uses_lora(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+    @contextmanager
+    def reference(self):
+        """The reference model pi_ref: the adapter-disabled model under LoRA, else the frozen copy."""
+        if self.uses_lora:
+            with self.model.disable_adapter():
+                yield self.model
+            return
+        if self._reference_model is None:
+            reference = copy.deepcopy(self.model)
+            if self._reference_state is not None:
+                reference.load_state_dict(self._reference_state)
+                self._reference_state = None
+            self._reference_model = reference.requires_grad_(False).eval()
+        if next(self._reference_model.parameters()).device != self.device:
+            self._reference_model.to(self.device)
+        yield self._reference_model
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """The frozen reference copy, when there is one, so that a resumed run keeps its reference."""
+        if self._reference_model is not None:
+            state = self._reference_model.state_dict()
+        elif self._reference_state is not None:
+            state = self._reference_state
+        else:
+            return {}
+        return {f"reference.{name}": tensor.detach().clone() for name, tensor in state.items()}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        unknown = sorted(name for name in state if not name.startswith("reference."))
+        if unknown:
+            raise ValueError(f"method {self.name!r} keeps only reference.* extras, but the checkpoint holds {unknown[:3]}")
+        if state:
+            self._reference_state = {name[len("reference.") :]: tensor for name, tensor in state.items()}
+            self._reference_model = None
+
+    # -- prompts and answers --------------------------------------------------------------------------
+    def prompts(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompts, cut from the left to `max_length` tokens."""
+        inputs = encode_prompts(self.tokenizer, [prompt_text(e) for e in examples], self.device)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        return ids[:, -self.config.max_length :], mask[:, -self.config.max_length :]
+
+    def answer_options(self, sampling: bool) -> dict[str, Any]:
+        """Further `sample` arguments for answering (lepo: its soft steps)."""
+        return {}
+
+    @torch.no_grad()
+    def answer(self, examples: list[Example]) -> list[Prediction]:
+        """Zero-shot, greedy or by self-consistency (majority vote over `samples` texts drawn at `temperature`).
+
+        Cost per example: the tokens generated for it over all its samples (one forward position
+        each, the first coming from the prefill), as the CoT baselines count."""
+        config = self.config
+        sampling = config.decoding == "self-consistency"
+        k = config.samples if sampling else 1
+        prompt_ids, prompt_mask = self.prompts(examples)
+        samples = sample(self.model, self.tokenizer, prompt_ids, prompt_mask, k, config.max_new_tokens,
+                         config.temperature if sampling else 0.0, **self.answer_options(sampling))
+        rows = [ids[:length] for ids, length in zip(samples.ids.tolist(), samples.lengths.tolist())]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        predictions = []
+        for b in range(len(examples)):
+            group = texts[b * k : (b + 1) * k]
+            answers = [self.parse(text) for text in group]
+            chosen = vote(answers)
+            cost = int(samples.lengths[b * k : (b + 1) * k].sum())
+            predictions.append(Prediction(group[chosen], answers[chosen], cost, cost, samples=group if sampling else None))
+        return predictions

@@ -45,32 +45,39 @@ tokens. A rationale that ends with EOS first ends there (and counts as finished 
 `penalty_reward_value * rewards.mean()` with value 2; rewards are log-likelihoods, below zero, so
 twice the mean is worse than average). Term (2) still covers every sample, as in that trainer.
 
-The reference pi_ref costs no second copy under LoRA: it is the same weights with the adapter
-disabled (`with model.disable_adapter():`). Without LoRA it is a frozen deep copy of the model as
-it was at the first training step: one more full set of weights in memory (SmolLM2-135M: 538 MB in
-fp32), also written to each checkpoint's extras so that a resumed run keeps the same reference.
-beta = 0 skips the reference entirely.
+The reference pi_ref is the adapter-disabled model under LoRA, else a frozen copy of the model at the
+first training step, kept in checkpoints (`RolloutMethod`); beta = 0 skips it entirely.
 
 One step (`loss`) is: prefill the B prompts once, repeat their KV cache K times and sample all B*K
-rationales in one batch (rows that stop leave the batch); then one teacher-forced pass with
-gradients over [x, z_k, y] gives log pi(z_k|x) and log pi(y|x+z_k) for all samples at once, and
+rationales in one batch (rows that stop leave the batch; `base.sample`); then one teacher-forced pass
+with gradients over [x, z_k, y] gives log pi(z_k|x) and log pi(y|x+z_k) for all samples at once, and
 one pass without gradients gives log pi_ref(z_k|x). The rollout pieces are module functions
-(`sample`, `pack`, `token_logprobs`, `latro_objective`) so that tests can call them.
+(`pack`, `token_logprobs`, `latro_objective`) so that tests can call them.
+
+Logged each step, beside the loss terms: the mean reward r, `zero_spread` (the fraction of questions
+whose K rewards are all equal: no signal for the baseline) and `distinct_rationales` (distinct
+rationales z per question; LaTRO samples no answers, it scores the gold one).
 """
 
 from __future__ import annotations
 
-import copy
-from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from ..config import ConfigError, choices
 from ..tasks import Example
-from .base import ANSWER_MARKER, Method, MethodConfig, Prediction, encode_prompts, normalise_answer, prompt_text
+from .base import (
+    ANSWER_MARKER,
+    MethodConfig,
+    RolloutMethod,
+    Samples,
+    distinct_per_group,
+    normalise_answer,
+    sample,
+    tail_log_softmax,
+    zero_spread,
+)
 
 
 @dataclass
@@ -101,139 +108,6 @@ class LaTROConfig(MethodConfig):
             ) from None
         if "42" not in filled:
             raise ConfigError(f"answer_format={self.answer_format!r}: must contain {{answer}}")
-
-
-# ---- rollouts: K samples per prompt on one shared prefill -------------------------------------------
-
-
-@dataclass
-class Samples:
-    """B*K sampled continuations, rows grouped by prompt (rows b*K .. b*K+K-1 belong to prompt b).
-
-    ids:        [N, T] sampled tokens, `pad` after each row's end (T = the longest row)
-    lengths:    [N] tokens sampled per row (including the EOS or the token that completed `stop`)
-    kept:       [N] tokens before the one where `stop` begins, or before EOS; = lengths if neither came
-    finished:   [N] bool, reached `stop` (or EOS, with stop_on_eos)
-    logprobs:   [N, T] log pi(token | prefix) of each sampled token at temperature 1 (0 after the end)
-    forward_passes: model calls made (one prefill + one per decoding step), for the whole batch
-    """
-
-    ids: torch.Tensor
-    lengths: torch.Tensor
-    kept: torch.Tensor
-    finished: torch.Tensor
-    logprobs: torch.Tensor
-    forward_passes: int
-
-    @property
-    def sampled_tokens(self) -> int:
-        return int(self.lengths.sum())
-
-
-def _eos_ids(tokenizer, model) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if configured is not None:
-        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
-    return sorted(i for i in ids if i is not None)
-
-
-def _stop_start(tokenizer, window: list[int], stop: str) -> int:
-    """Index in `window` of the token where `stop` begins, for a window whose text contains `stop`:
-    the last token from which the decoded text still holds it."""
-    for first in range(len(window) - 1, -1, -1):
-        if stop in tokenizer.decode(window[first:], skip_special_tokens=True):
-            return first
-    return 0
-
-
-@torch.no_grad()
-def sample(
-    model,
-    tokenizer,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    k: int,
-    max_tokens: int,
-    temperature: float = 1.0,
-    stop: str | None = None,
-    stop_on_eos: bool = True,
-    generator: torch.Generator | None = None,
-    share_prompt: bool = True,
-) -> Samples:
-    """Sample k continuations of each LEFT-padded prompt [B, L], batched over all B*k rows.
-
-    The prompts are prefilled once and their KV cache repeated k times (`share_prompt=False`
-    prefills every copy instead: the reference the shared cache must match). Each step feeds the
-    last token of every unfinished row; a row ends at EOS, at the token that completes `stop` in
-    its decoded text, or after `max_tokens`, and leaves the batch (its cache rows are dropped).
-    Temperature 0 decodes greedily; otherwise tokens are drawn from softmax(logits / temperature)
-    with `generator` (default: the global RNG). No gradients.
-    """
-    device = prompt_ids.device
-    n = prompt_ids.shape[0] * k
-    eos = torch.tensor(_eos_ids(tokenizer, model), device=device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
-    mask = prompt_mask.long()
-    cache = DynamicCache(config=model.config)
-    ids = prompt_ids if share_prompt else prompt_ids.repeat_interleave(k, 0)
-    first_mask = mask if share_prompt else mask.repeat_interleave(k, 0)
-    positions = (first_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=first_mask, position_ids=positions, cache=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1].float()
-    if share_prompt:
-        cache.batch_repeat_interleave(k)
-        logits = logits.repeat_interleave(k, 0)
-    mask = mask.repeat_interleave(k, 0)
-    prompt_length = mask.sum(-1)
-    passes = 1
-
-    tokens = torch.full((n, max_tokens), pad, dtype=torch.long, device=device)
-    logprobs = torch.zeros(n, max_tokens, device=device)
-    lengths = torch.full((n,), max_tokens, dtype=torch.long, device=device)
-    kept = torch.full((n,), max_tokens, dtype=torch.long, device=device)
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
-    alive = torch.arange(n, device=device)  # rows still sampling, in cache order
-    window = len(stop) + 2 if stop else 0
-    steps = 0
-    for t in range(max_tokens):
-        log_probs = torch.log_softmax(logits, dim=-1)
-        if temperature > 0:
-            picked = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(1)
-        else:
-            picked = logits.argmax(-1)
-        tokens[alive, t] = picked
-        logprobs[alive, t] = log_probs.gather(1, picked.unsqueeze(1)).squeeze(1)
-        steps = t + 1
-
-        ended = torch.isin(picked, eos)
-        done = ended.clone()
-        kept[alive[ended]] = t
-        finished[alive[ended]] = stop_on_eos or not stop
-        if stop:
-            # A stop string of s characters spans at most s tokens ending at the newest one (every
-            # token decodes to at least one character), so only a short window is decoded.
-            start = max(0, t + 1 - window)
-            windows = tokens[alive, start : t + 1].tolist()
-            texts = tokenizer.batch_decode(windows, skip_special_tokens=True)
-            for i, (text, eos_here) in enumerate(zip(texts, ended.tolist())):
-                if not eos_here and stop in text:
-                    row = alive[i]
-                    done[i], finished[row] = True, True
-                    kept[row] = start + _stop_start(tokenizer, windows[i], stop)
-        lengths[alive[done]] = t + 1
-        if t + 1 == max_tokens or bool(done.all()):
-            break
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            alive, picked, mask = alive[keep], picked[keep], mask[keep]
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        position = (prompt_length[alive] + t).unsqueeze(1)
-        logits = model(input_ids=picked.unsqueeze(1), attention_mask=mask, position_ids=position,
-                       cache=cache, use_cache=True).logits[:, -1].float()
-        passes += 1
-    return Samples(tokens[:, :steps], lengths, kept, finished, logprobs[:, :steps], passes)
 
 
 # ---- teacher forcing: [x, z, y] in one batch --------------------------------------------------------
@@ -308,12 +182,8 @@ def token_logprobs(model, packed: Packed, width: int | None = None) -> torch.Ten
     under torch.no_grad() for rewards or the reference)."""
     width = packed.targets.shape[1] if width is None else width
     end = packed.prompt_width + width
-    mask = packed.attention_mask[:, :end]
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=packed.input_ids[:, :end], attention_mask=mask, position_ids=positions,
-                   use_cache=False, logits_to_keep=width + 1).logits[:, :-1]
-    targets = packed.targets[:, :width]
-    return torch.log_softmax(logits.float(), dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)
+    log_probs = tail_log_softmax(model, packed.input_ids[:, :end], packed.attention_mask[:, :end], width)
+    return log_probs.gather(2, packed.targets[:, :width].unsqueeze(2)).squeeze(2)
 
 
 # ---- the objective ---------------------------------------------------------------------------------
@@ -372,70 +242,17 @@ class Rollout:
     answer_lengths: torch.Tensor  # [B*K] tokens of y (EOS included)
 
 
-class LaTRO(Method):
+class LaTRO(RolloutMethod):
     """Self-rewarding variational RL on sampled rationales; answers like CoT (greedy or self-consistency)."""
 
     name = "latro"
     Config = LaTROConfig
-
-    def __init__(self, config: LaTROConfig, model, tokenizer, task):
-        super().__init__(config, model, tokenizer, task)
-        self._reference_model = None  # the frozen copy (no LoRA, beta > 0), made on first use
-        self._reference_state: dict[str, torch.Tensor] | None = None  # a checkpoint's copy, loaded on first use
-
-    # -- the reference -----------------------------------------------------------------------------
-    @property
-    def uses_lora(self) -> bool:
-        from peft import PeftModel
-
-        return isinstance(self.model, PeftModel)
-
-    @contextmanager
-    def reference(self):
-        """The reference model pi_ref: the adapter-disabled model under LoRA, else the frozen copy."""
-        if self.uses_lora:
-            with self.model.disable_adapter():
-                yield self.model
-            return
-        if self._reference_model is None:
-            reference = copy.deepcopy(self.model)
-            if self._reference_state is not None:
-                reference.load_state_dict(self._reference_state)
-                self._reference_state = None
-            self._reference_model = reference.requires_grad_(False).eval()
-        if next(self._reference_model.parameters()).device != self.device:
-            self._reference_model.to(self.device)
-        yield self._reference_model
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        """The frozen reference copy, when there is one, so that a resumed run keeps its reference."""
-        if self._reference_model is not None:
-            state = self._reference_model.state_dict()
-        elif self._reference_state is not None:
-            state = self._reference_state
-        else:
-            return {}
-        return {f"reference.{name}": tensor.detach().clone() for name, tensor in state.items()}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        unknown = sorted(name for name in state if not name.startswith("reference."))
-        if unknown:
-            raise ValueError(f"method 'latro' keeps only reference.* extras, but the checkpoint holds {unknown[:3]}")
-        if state:
-            self._reference_state = {name[len("reference.") :]: tensor for name, tensor in state.items()}
-            self._reference_model = None
 
     # -- one step -----------------------------------------------------------------------------------
     def answer_ids(self, example: Example) -> list[int]:
         """Token ids of y for `example`: `answer_format` tokenised on its own, then EOS."""
         text = self.config.answer_format.format(stop=self.config.stop, answer=example.answer)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-
-    def prompts(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompts, cut from the left to `max_length` tokens."""
-        inputs = encode_prompts(self.tokenizer, [prompt_text(e) for e in examples], self.device)
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        return ids[:, -self.config.max_length :], mask[:, -self.config.max_length :]
 
     def rollout(self, examples: list[Example], generator: torch.Generator | None = None) -> Rollout:
         """Sample K rationales per question (shared prefill) and pack [x, z_k, y] for teacher forcing."""
@@ -485,36 +302,16 @@ class LaTRO(Method):
             "finished": float(samples.finished.float().mean()),
             "sampled_tokens": float(samples.sampled_tokens),
             "rationale_tokens": float(samples.kept.float().mean()),
+            "zero_spread": zero_spread(objective.rewards),
+            "distinct_rationales": distinct_per_group(
+                [tuple(ids[:kept]) for ids, kept in zip(samples.ids.tolist(), samples.kept.tolist())], config.rollouts),
             "policy_loss": float(objective.policy_loss.detach()),
             "answer_loss": float(objective.answer_loss.detach()),
             "tokens": float(rollout.packed.attention_mask.sum()),
         }
         return objective.loss, metrics
 
-    # -- answering ------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def answer(self, examples: list[Example]) -> list[Prediction]:
-        """Zero-shot: a rationale and the answer after `stop`, greedy or by self-consistency (majority vote).
-
-        Cost per example: the tokens generated for it over all its samples (one forward position
-        each, the first coming from the prefill), as the CoT baselines count."""
-        config = self.config
-        sampling = config.decoding == "self-consistency"
-        k = config.samples if sampling else 1
-        prompt_ids, prompt_mask = self.prompts(examples)
-        samples = sample(self.model, self.tokenizer, prompt_ids, prompt_mask, k, config.max_new_tokens,
-                         config.temperature if sampling else 0.0)
-        rows = [ids[:length] for ids, length in zip(samples.ids.tolist(), samples.lengths.tolist())]
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-        predictions = []
-        for b in range(len(examples)):
-            group = texts[b * k : (b + 1) * k]
-            answers = [self.parse(text) for text in group]
-            chosen = _vote(answers)
-            cost = int(samples.lengths[b * k : (b + 1) * k].sum())
-            predictions.append(Prediction(group[chosen], answers[chosen], cost, cost))
-        return predictions
-
+    # -- answering (greedy or self-consistency: RolloutMethod.answer) ----------------------------------
     def parse(self, text: str) -> str | None:
         """The answer after the last `stop` (to the end of its line), else the task-agnostic parser's."""
         stop = self.config.stop
@@ -523,11 +320,3 @@ class LaTRO(Method):
             return normalise_answer(line)
         return super().parse(text)
 
-
-def _vote(answers: list[str | None]) -> int:
-    """Index of the most common parsed answer (ties: the earliest); 0 when none parsed."""
-    counts = Counter(a for a in answers if a)
-    if not counts:
-        return 0
-    best = max(counts.values())
-    return next(i for i, a in enumerate(answers) if a and counts[a] == best)

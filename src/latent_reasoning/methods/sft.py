@@ -101,7 +101,8 @@ class SFTMethod(Method):
             cost = lengths[i * k : (i + 1) * k]
             chosen = majority_vote(samples) if sampling else 0
             # each generated token is one forward pass (the prefill yields the first)
-            predictions.append(Prediction(samples[chosen], self.parse(samples[chosen]), sum(cost), sum(cost)))
+            predictions.append(Prediction(samples[chosen], self.parse(samples[chosen]), sum(cost), sum(cost),
+                                          samples=samples if sampling else None))
         return predictions
 
 
