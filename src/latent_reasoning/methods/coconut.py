@@ -467,6 +467,23 @@ class Coconut(ExtraModules, Method):
 # ---- Stable Latent Reasoning: the stabilisers ----------------------------------------------------
 
 
+def mean_embedding_norm(model) -> torch.Tensor:
+    """mu_E = mean_v ||E_v||, the mean norm of the input embeddings: the scale the normalised feed and the
+    timestep embedding are set to."""
+    with torch.no_grad():
+        return model.get_input_embeddings().weight.float().norm(dim=-1).mean()
+
+
+def rescale(s: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """s mu_E / ||s|| per position: the fed state at the input embeddings' scale (`normalize`)."""
+    return s * (norm.to(s.dtype) / s.float().norm(dim=-1, keepdim=True).clamp_min(1e-6).to(s.dtype))
+
+
+def relative_change(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """||now - before|| / ||before|| over the last dimension: what delta halting compares with its threshold."""
+    return (now - before).float().norm(dim=-1) / before.float().norm(dim=-1).clamp_min(1e-6)
+
+
 class TimestepEmbedding(nn.Module):
     """e_t = W_2 SiLU(W_1 sinusoid(t) + b_1) + b_2, added to the fed state, or concatenated and
     projected by W (W = [I | I] at init, so "concat" starts as "add" and learns the mix).
@@ -593,7 +610,7 @@ class StableLatentReasoning(Coconut):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1234)  # the extras' initialisation does not depend on what ran before
             if config.timestep != "none":
-                norm = config.timestep_scale * float(self._embedding_scale())
+                norm = config.timestep_scale * float(mean_embedding_norm(model))
                 self.extras["timestep"] = TimestepEmbedding(hidden, config.timestep_dim, config.timestep, norm, loops)
             if config.loop_lora:
                 self.extras["loop_lora"] = LoopLoRA(model, loops, config.loop_lora_r, config.loop_lora_alpha,
@@ -606,17 +623,13 @@ class StableLatentReasoning(Coconut):
         self.extras.to(self.device)
 
     # -- the loop ------------------------------------------------------------------------------------
-    def _embedding_scale(self) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model.get_input_embeddings().weight.float().norm(dim=-1).mean()
-
     def make_feedback(self):
         """x_t = f(h_t, t) with the switched-on stabilisers; None when all are off (x_t = h_t)."""
         config = self.config
         timestep = self.extras["timestep"] if config.timestep != "none" and "timestep" in self.extras else None
         if not (config.residual or config.normalize or timestep is not None):
             return None
-        scale = self._embedding_scale() if config.normalize else None
+        scale = mean_embedding_norm(self.model) if config.normalize else None
         memory = {}
 
         def feedback(h: torch.Tensor, t: int) -> torch.Tensor:
@@ -628,7 +641,7 @@ class StableLatentReasoning(Coconut):
                     s = h + config.residual * memory["initial" if config.residual_mode == "initial" else "previous"]
                 memory["previous"] = s
             if scale is not None:
-                s = s * (scale.to(s.dtype) / s.float().norm(dim=-1, keepdim=True).clamp_min(1e-6).to(s.dtype))
+                s = rescale(s, scale)
             if timestep is not None:
                 s = timestep(s, t)
             return s
@@ -639,8 +652,7 @@ class StableLatentReasoning(Coconut):
         config = self.config
         if config.halting == "delta":
             def halt(h, previous, t):
-                change = (h - previous).float().norm(dim=-1) / previous.float().norm(dim=-1).clamp_min(1e-6)
-                return change < config.halt_threshold
+                return relative_change(h, previous) < config.halt_threshold
 
             return halt
         if config.halting == "learned":

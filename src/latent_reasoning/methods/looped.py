@@ -61,7 +61,7 @@ from transformers.masking_utils import create_causal_mask
 from ..config import ConfigError
 from ..tasks import Example
 from .base import ExtraModules, Prediction, encode_prompts, majority_vote, prompt_text
-from .coconut import LoopLoRA, SLRConfig, TimestepEmbedding
+from .coconut import LoopLoRA, SLRConfig, TimestepEmbedding, mean_embedding_norm, relative_change, rescale
 from .sft import NoCoT
 
 
@@ -109,7 +109,7 @@ class DepthLoop(ExtraModules, NoCoT):
         self.extras = nn.ModuleDict()
         adapters = config.loop_lora_loops or config.loops  # loop indices with their own adapter and e_t scale
         if config.timestep != "none":
-            norm = config.timestep_scale * float(self.embedding_norm())
+            norm = config.timestep_scale * float(mean_embedding_norm(model))
             hidden = model.get_input_embeddings().weight.shape[1]
             self.extras["timestep"] = seeded(lambda: TimestepEmbedding(hidden, config.timestep_dim, config.timestep,
                                                                        norm, adapters))
@@ -118,11 +118,6 @@ class DepthLoop(ExtraModules, NoCoT):
             self.extras["loop_lora"] = seeded(lambda: LoopLoRA(core, adapters, config.loop_lora_r,
                                                                config.loop_lora_alpha, config.loop_lora_targets))
         self.extras.to(self.device)
-
-    def embedding_norm(self) -> torch.Tensor:
-        """mu_E, the mean norm of the input embeddings."""
-        with torch.no_grad():
-            return self.model.get_input_embeddings().weight.float().norm(dim=-1).mean()
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, ids: torch.Tensor, mask: torch.Tensor, loops: int, caches: Caches | None = None,
@@ -147,7 +142,7 @@ class DepthLoop(ExtraModules, NoCoT):
         outer = caches.outer if caches else None
         h0 = self.layers(range(self.core.start), x, layer_inputs, outer)
         h = h0
-        scale = self.embedding_norm() if config.normalize else None
+        scale = mean_embedding_norm(self.model) if config.normalize else None
         halted = mask[:, -1] == 0 if halt else torch.zeros_like(mask[:, -1], dtype=torch.bool)
         iterations = torch.zeros_like(mask[:, -1])
         grad = torch.is_grad_enabled()
@@ -179,7 +174,7 @@ class DepthLoop(ExtraModules, NoCoT):
         config = self.config
         x = h
         if scale is not None:
-            x = x * (scale / x.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)).to(x.dtype)
+            x = rescale(x, scale)
         if config.timestep != "none" and "timestep" in self.extras:
             x = self.extras["timestep"](x, t - 1)
         lora = self.extras["loop_lora"] if config.loop_lora and "loop_lora" in self.extras else None
@@ -217,7 +212,7 @@ class DepthLoop(ExtraModules, NoCoT):
         """[B] what halting watches: the relative change of the state, or KL(p_{t-1} || p_t)."""
         if self.config.halt_on == "kl":
             return (before.exp() * (before - now)).sum(-1)
-        return (now - before).norm(dim=-1) / before.norm(dim=-1).clamp_min(1e-6)
+        return relative_change(now, before)
 
     def repeat_entries(self, caches: Caches, t: int, rows: torch.Tensor) -> None:
         """In iteration t's cache, the last position of `rows` [B] bool takes the keys and values it has in
