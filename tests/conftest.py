@@ -1,3 +1,4 @@
+import copy
 import os
 from pathlib import Path
 
@@ -46,3 +47,16 @@ def interrupt():
         method.loss = loss
 
     return patch
+
+
+@pytest.fixture
+def graded_by():
+    """graded_by(task, rule): a copy of the task whose grader is `rule(text)`. A random tiny model never
+    multiplies right, and group advantages (grpo, lepo) need rewards that differ within a group."""
+
+    def stub(task, rule):
+        graded = copy.copy(task)
+        graded.grade = lambda text, example: rule(text)
+        return graded
+
+    return stub

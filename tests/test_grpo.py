@@ -2,7 +2,6 @@
 gradient on a real rollout, zero-spread groups, the KL to the reference, reused rollouts, pass@k at
 evaluation, and short runs through the trainer that log the diagnostics."""
 
-import copy
 import json
 
 import pytest
@@ -34,13 +33,6 @@ def task():
 def examples(task):
     return task.generate(100, seed=0)
 
-
-def graded_by(task, rule):
-    """The task with its grader replaced by `rule(text)`: a random tiny model never multiplies right,
-    and advantages need rewards that differ."""
-    stub = copy.copy(task)
-    stub.grade = lambda text, example: rule(text)
-    return stub
 
 
 def tiny(examples, seed=0):
@@ -144,7 +136,7 @@ def test_the_format_reward_and_the_filters():
 
 
 @pytest.mark.parametrize("aggregation", ["sequence", "token"])
-def test_on_policy_the_ratio_is_one_and_the_gradient_is_reinforce(task, examples, aggregation):
+def test_on_policy_the_ratio_is_one_and_the_gradient_is_reinforce(task, examples, aggregation, graded_by):
     model, tokenizer = tiny(examples, seed=1)
     method = grpo(model, tokenizer, graded_by(task, lambda text: "1" in text), aggregation=aggregation)
     torch.manual_seed(0)
@@ -178,7 +170,7 @@ def test_on_policy_the_ratio_is_one_and_the_gradient_is_reinforce(task, examples
     assert max(float(g.abs().max()) for g in expected) > 1e-4
 
 
-def test_no_spread_no_gradient_on_a_real_rollout(task, examples):
+def test_no_spread_no_gradient_on_a_real_rollout(task, examples, graded_by):
     model, tokenizer = tiny(examples)
     method = grpo(model, tokenizer, graded_by(task, lambda text: True))
     loss, metrics = method.loss(examples[:2], 0, generator=torch.Generator().manual_seed(0))
@@ -186,7 +178,7 @@ def test_no_spread_no_gradient_on_a_real_rollout(task, examples):
     assert all(float(g.abs().max()) == 0.0 for g in gradients(loss, model))
 
 
-def test_the_kl_term_vanishes_at_the_reference_and_grows_after_an_update(task, examples):
+def test_the_kl_term_vanishes_at_the_reference_and_grows_after_an_update(task, examples, graded_by):
     model, tokenizer = tiny(examples, seed=2)
     stub = graded_by(task, lambda text: "1" in text)
     plain = grpo(model, tokenizer, stub)
@@ -205,7 +197,7 @@ def test_the_kl_term_vanishes_at_the_reference_and_grows_after_an_update(task, e
     assert after["kl"] > 1e-6
 
 
-def test_a_rollout_is_reused_for_its_updates_against_the_policy_that_sampled_it(task, examples):
+def test_a_rollout_is_reused_for_its_updates_against_the_policy_that_sampled_it(task, examples, graded_by):
     model, tokenizer = tiny(examples, seed=3)
     method = grpo(model, tokenizer, graded_by(task, lambda text: "1" in text), updates_per_rollout=2, clip=0.05)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -225,7 +217,7 @@ def test_a_rollout_is_reused_for_its_updates_against_the_policy_that_sampled_it(
 # ---- answering and evaluation ----------------------------------------------------------------------------
 
 
-def test_answers_are_greedy_or_voted_and_the_evaluator_reports_pass_at_k(tmp_path, task, examples):
+def test_answers_are_greedy_or_voted_and_the_evaluator_reports_pass_at_k(tmp_path, task, examples, graded_by):
     model, tokenizer = tiny(examples, seed=4)
     stub = graded_by(task, lambda text: "1" in text)
     greedy = grpo(model, tokenizer, stub)
@@ -248,7 +240,7 @@ def test_answers_are_greedy_or_voted_and_the_evaluator_reports_pass_at_k(tmp_pat
 # ---- training ----------------------------------------------------------------------------------------------
 
 
-def test_a_short_run_raises_the_reward_and_logs_the_diagnostics(tmp_path, examples):
+def test_a_short_run_raises_the_reward_and_logs_the_diagnostics(tmp_path, examples, graded_by):
     """A learnable stand-in reward (the completion holds a '7') through the real trainer; the last step scores
     held-out questions by self-consistency, so the evaluation's pass@k is logged too."""
     run = make_run({"method": "grpo", "task": "multiplication", "task_options": {"digits": 2}, "model": "tiny-5m",

@@ -2,7 +2,6 @@
 token and the stored label), both latent estimators against hand computations, gradients through the latent
 and the discrete terms, lepo without soft steps = grpo, answering, and short runs through the trainer."""
 
-import copy
 import math
 
 import pytest
@@ -27,12 +26,6 @@ def task():
 def examples(task):
     return task.generate(100, seed=0)
 
-
-def graded_by(task, rule):
-    """The task with its grader replaced by `rule(text)`, so that rewards differ within a group."""
-    stub = copy.copy(task)
-    stub.grade = lambda text, example: rule(text)
-    return stub
 
 
 def tiny(examples, seed=0):
@@ -141,7 +134,7 @@ def test_the_visible_token_is_the_argmax_and_the_label_holds_the_whole_soft_toke
 # ---- the objective ---------------------------------------------------------------------------------------
 
 
-def test_the_soft_label_term_and_the_gradient_equal_a_hand_computation(task, examples):
+def test_the_soft_label_term_and_the_gradient_equal_a_hand_computation(task, examples, graded_by):
     model, tokenizer = tiny(examples, seed=4)
     method = lepo(model, tokenizer, graded_by(task, lambda text: "1" in text))
     loss, metrics = method.loss(examples[:3], 0, generator=seeded(0))
@@ -168,7 +161,7 @@ def test_the_soft_label_term_and_the_gradient_equal_a_hand_computation(task, exa
     assert max(float(g.abs().max()) for g in expected) > 1e-4
 
 
-def test_gradients_reach_the_model_through_both_terms(task, examples):
+def test_gradients_reach_the_model_through_both_terms(task, examples, graded_by):
     model, tokenizer = tiny(examples, seed=5)
     for estimator in ("soft_label", "gumbel_density"):
         method = lepo(model, tokenizer, graded_by(task, lambda text: "1" in text), estimator=estimator)
@@ -211,7 +204,7 @@ def test_the_gumbel_density_score_has_mean_zero():
     assert (logits.grad[:, 3] == 0).all()  # filtered out: no part in the density
 
 
-def test_the_gumbel_density_estimator_on_a_rollout(task, examples):
+def test_the_gumbel_density_estimator_on_a_rollout(task, examples, graded_by):
     """The stored density at one soft token equals the formula on an independent pass, and on policy the
     latent term is -A times a ratio of exactly 1."""
     model, tokenizer = tiny(examples, seed=6)
@@ -231,7 +224,7 @@ def test_the_gumbel_density_estimator_on_a_rollout(task, examples):
     torch.testing.assert_close(latent, -rollout.advantages.unsqueeze(1).expand_as(latent), rtol=0, atol=0)
 
 
-def test_without_soft_steps_lepo_is_grpo(task, examples):
+def test_without_soft_steps_lepo_is_grpo(task, examples, graded_by):
     model, tokenizer = tiny(examples, seed=7)
     stub = graded_by(task, lambda text: "1" in text)
     options = dict(rollouts=4, completion_tokens=8, max_new_tokens=8)
@@ -261,7 +254,7 @@ def test_answers_think_softly_then_decode(task, examples):
 
 
 @pytest.mark.parametrize("estimator", ["soft_label", "gumbel_density"])
-def test_a_short_run_logs_the_diagnostics(tmp_path, examples, estimator):
+def test_a_short_run_logs_the_diagnostics(tmp_path, examples, estimator, graded_by):
     run = make_run({"method": "lepo", "task": "multiplication", "task_options": {"digits": 2}, "model": "tiny-5m",
                     "steps": 6, "batch_size": 4, "lr": 3e-3, "warmup_steps": 0, "save_every": 0, "eval_size": 0,
                     "log_with": "none", "mixed_precision": "no", "rollouts": 4, "completion_tokens": 6,
