@@ -61,6 +61,25 @@ def test_stage_k_replaces_the_first_k_steps_and_labels_only_the_language_after_e
     assert not any(no_reset.on_step(step) for step in range(14))
 
 
+def test_merged_steps_are_replaced_together_by_c_thoughts_and_keep_the_chain_text(base):
+    method = make(base, "coconut", c=1, stages=2, steps_per_stage=1, merge_steps=2)
+    tokenizer, special = method.tokenizer, thought_token_ids(method.tokenizer)
+    example = THREE[0]  # steps s1, s2, s3 become (s1 s2), (s3)
+    (merged,) = method.merged([example])
+    assert merged.steps == ["\n".join(example.steps[:2]), example.steps[2]]
+    question = ids(tokenizer, example.question + "\n")
+    for step, rest_steps, n in [(0, example.steps, 0), (1, example.steps[2:], 1), (2, [], 2)]:
+        plans = method.plans([merged], step)
+        sequence, _ = method.encode([merged], plans).sequence(0, special.latent)
+        rest = ids(tokenizer, "\n".join(rest_steps + [f"#### {example.answer}"])) + [tokenizer.eos_token_id]
+        assert sequence == question + [special.bot] + [special.latent] * n + [special.eot] + rest, step
+    # the loss reads the merged layout: stage 1 has one thought in place of two steps
+    method.on_step(1)
+    _, metrics = method.loss([example], 1)
+    assert metrics["thoughts"] == 1.0
+    assert make(base, "coconut").merged([example]) == [example]
+
+
 def continuation_positions(method, example, step):
     """The position ids the model received for the continuation ([pauses] <eot> rest <eos>) at `step`."""
     method.on_step(step)

@@ -14,7 +14,10 @@ K + 1 where K = `stages`. For an example with gold steps s_1 .. s_m:
     stage k <= K:  sequence = question <bot> [k c thoughts] <eot> s_{k+1} .. s_m  #### answer <eos>
     stage K + 1:   sequence = question <bot> [K c thoughts] <eot>                  #### answer <eos>
 
-(c = `c`, thoughts per step.) The loss is the token cross-entropy of the language after <eot> only,
+(c = `c`, thoughts per step.) With `merge_steps` g > 1 a curriculum step is g consecutive gold steps
+(their text unchanged, so the CoT sequence is the same): stage k replaces the first k g gold steps by
+k c thoughts, and one thought can stand for several steps (fewer forward passes than the chain it
+replaces, where gold steps are one token each, as parity's). The loss is the token cross-entropy of the language after <eot> only,
 
     L = - sum_{i > <eot>} log p(y_i | question, <bot>, x_0 .. x_{n-1}, <eot>, y_<i),
 
@@ -100,6 +103,7 @@ from .base import ExtraModules, Method, MethodConfig, Prediction, StepTokens, ch
 @dataclass
 class CoconutConfig(MethodConfig):
     c: int = 1  # continuous thoughts per replaced reasoning step
+    merge_steps: int = 1  # gold steps that form one curriculum step (replaced together by c thoughts)
     stages: int = 3  # K, the last stage that replaces steps one by one; stage K + 1 makes every step latent
     steps_per_stage: int = 100  # optimizer steps per stage (see the module docstring for the paper's epochs)
     first_stage: int = 0  # the stage at step 0 (1 when starting from a CoT checkpoint, as COCONUT's GSM8K run)
@@ -110,7 +114,7 @@ class CoconutConfig(MethodConfig):
     keep_position: bool = False  # what follows <eot> keeps its plain-CoT position ids (module docstring)
     reserve_slots: bool = False  # c * stages slots from stage 0; those not yet thoughts hold <latent> tokens
 
-    positive_keys = MethodConfig.positive_keys + ("c", "stages", "steps_per_stage")
+    positive_keys = MethodConfig.positive_keys + ("c", "merge_steps", "stages", "steps_per_stage")
 
     def check(self) -> None:
         if self.mix_probability > 1.0:
@@ -280,6 +284,14 @@ class Coconut(ExtraModules, Method):
             slots = min(slots, m)
         return Plan(stage=stage, latent_steps=latent, thoughts=slots * c)
 
+    def merged(self, examples: list[Example]) -> list[Example]:
+        """Each example with every `merge_steps` consecutive gold steps joined into one (same chain text)."""
+        g, separator = self.config.merge_steps, self.task.step_separator
+        if g == 1:
+            return examples
+        return [Example(e.question, [separator.join(e.steps[i : i + g]) for i in range(0, len(e.steps), g)],
+                        e.answer, e.meta) for e in examples]
+
     def plans(self, examples: list[Example], step: int) -> list[Plan]:
         """The scheduled stage for each example, or with `mix_probability` a stage drawn from 0 .. len(steps).
         The draw is a function of (step, position, question), so a resumed run draws the same."""
@@ -376,6 +388,7 @@ class Coconut(ExtraModules, Method):
         return batch, thinking, logits
 
     def loss(self, examples: list[Example], step: int):
+        examples = self.merged(examples)
         plans = self.plans(examples, step)
         batch, thinking, logits = self.read(examples, plans, training=True)
         labels = batch.labels.to(self.device)
