@@ -80,6 +80,32 @@ def test_merged_steps_are_replaced_together_by_c_thoughts_and_keep_the_chain_tex
     assert make(base, "coconut").merged([example]) == [example]
 
 
+def test_step_decoding_loss_is_each_latent_steps_cross_entropy_read_from_its_own_thoughts(base):
+    method = make(base, "coconut", c=2, stages=2, steps_per_stage=1, step_weight=0.5)
+    method.model.eval()  # no dropout: the reference below reads the same numbers
+    examples = THREE[:2]
+    method.on_step(2)
+    plans = method.plans(examples, 2)  # stage 2: steps 1 and 2 latent, 4 thoughts each
+    _, thinking, _ = method.read(examples, plans, training=True)
+    embed = method.model.get_input_embeddings()
+    losses = []  # by hand, one step at a time: thoughts 2i, 2i+1 then the step's tokens, unpadded
+    for b, example in enumerate(examples):
+        for i in range(2):
+            step = torch.tensor(ids(method.tokenizer, example.steps[i]))
+            inputs = torch.cat([thinking.loop.thoughts[b, 2 * i : 2 * i + 2], embed(step)]).unsqueeze(0)
+            logits = method.model(inputs_embeds=inputs).logits[0]
+            losses.append(-F.log_softmax(logits[1:-1], -1).gather(1, step.unsqueeze(1)).squeeze(1))
+    expected = torch.cat(losses).mean()
+    assert torch.allclose(method.step_decoding(examples, thinking.loop), expected, atol=1e-5)
+    loss, metrics = method.loss(examples, 2)
+    assert metrics["step_ce"] == pytest.approx(float(expected), abs=1e-5)
+    assert float(loss) == pytest.approx(metrics["ce"] + 0.5 * metrics["step_ce"], abs=1e-5)
+    # the step loss reaches every thought that stands for a step
+    (grad,) = torch.autograd.grad(method.step_decoding(examples, thinking.loop), thinking.loop.thoughts)
+    assert bool((grad.abs().sum(-1) > 0).all())
+    assert "step_ce" not in make(base, "coconut", c=2, stages=2, steps_per_stage=1).loss(examples, 2)[1]
+
+
 def continuation_positions(method, example, step):
     """The position ids the model received for the continuation ([pauses] <eot> rest <eos>) at `step`."""
     method.on_step(step)

@@ -22,7 +22,15 @@ replaces, where gold steps are one token each, as parity's). The loss is the tok
     L = - sum_{i > <eot>} log p(y_i | question, <bot>, x_0 .. x_{n-1}, <eot>, y_<i),
 
 never on the question, <bot>, the thoughts or <eot> itself. Gradients flow through every thought
-back to the question (back-propagation through the loop). With `mix_probability` p an example
+back to the question (back-propagation through the loop). With `step_weight` w > 0 each latent step is
+also decoded from its own thoughts alone (step-level supervision, as SIM-CoT, Wei et al. 2025,
+arXiv 2509.20317, which finds COCONUT's latents collapse beyond a few thoughts without it):
+
+    L += w mean_{b, i} - sum_j log p(s_{i,j} | x_{ic} .. x_{(i+1)c-1}, s_{i,<j})
+
+over every example b and latent step i, the decoder being the model itself run on those c thought
+vectors followed by the step's tokens (SIM-CoT trains a separate auxiliary decoder; sharing the
+weights is our choice). Nothing changes at answer time. With `mix_probability` p an example
 trains, with probability p, at a stage drawn uniformly from 0 .. m instead (COCONUT's
 "uniform_prob" mixing). With `reset_optimizer` the AdamW moments are cleared at each stage change.
 
@@ -104,6 +112,7 @@ from .base import ExtraModules, Method, MethodConfig, Prediction, StepTokens, ch
 class CoconutConfig(MethodConfig):
     c: int = 1  # continuous thoughts per replaced reasoning step
     merge_steps: int = 1  # gold steps that form one curriculum step (replaced together by c thoughts)
+    step_weight: float = 0.0  # weight of decoding each latent step from its own thoughts (SIM-CoT; docstring)
     stages: int = 3  # K, the last stage that replaces steps one by one; stage K + 1 makes every step latent
     steps_per_stage: int = 100  # optimizer steps per stage (see the module docstring for the paper's epochs)
     first_stage: int = 0  # the stage at step 0 (1 when starting from a CoT checkpoint, as COCONUT's GSM8K run)
@@ -403,8 +412,34 @@ class Coconut(ExtraModules, Method):
         return ce + extra if extra is not None else ce, metrics
 
     def extra_losses(self, examples, plans, batch: LatentBatch, thinking: Thinking):
-        """Losses beyond the language cross-entropy (SLR's halting head and distillation)."""
-        return None, {}
+        """Losses beyond the language cross-entropy: step decoding (and SLR's halting head and distillation)."""
+        if self.config.step_weight <= 0:
+            return None, {}
+        step_ce = self.step_decoding(examples, thinking.loop)
+        if step_ce is None:
+            return None, {}
+        return self.config.step_weight * step_ce, {"step_ce": float(step_ce.detach())}
+
+    def step_decoding(self, examples: list[Example], loop: LoopResult) -> torch.Tensor | None:
+        """Mean token cross-entropy of every latent step decoded by the model from its c thoughts alone."""
+        c, device = self.config.c, self.device
+        rows = [(b, i, self._ids(example.steps[i])) for b, example in enumerate(examples)
+                for i in range(min(len(example.steps), int(loop.n_thoughts[b]) // c))]
+        if not rows:
+            return None
+        width = max(len(ids) for _, _, ids in rows)
+        step_ids = torch.tensor([ids + [self.tokenizer.pad_token_id] * (width - len(ids)) for _, _, ids in rows],
+                                device=device)
+        step_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for _, _, ids in rows], device=device)
+        which = torch.tensor([b for b, _, _ in rows], device=device)
+        first = torch.tensor([i * c for _, i, _ in rows], device=device)
+        thoughts = loop.thoughts[which.unsqueeze(1), first.unsqueeze(1) + torch.arange(c, device=device)]  # [R, c, H]
+        tokens = self.model.get_input_embeddings()(step_ids).to(thoughts.dtype)
+        mask = torch.cat([torch.ones_like(step_mask[:, :1]).expand(-1, c), step_mask], dim=1)
+        logits = self.model(inputs_embeds=torch.cat([thoughts, tokens], dim=1), attention_mask=mask).logits
+        # the last thought predicts the step's first token, each step token the next
+        targets = step_ids.masked_fill(step_mask == 0, -100)
+        return F.cross_entropy(logits[:, c - 1 : -1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
     # -- answering ---------------------------------------------------------------------------------
     def eval_thoughts(self) -> int:
@@ -704,7 +739,7 @@ class StableLatentReasoning(Coconut):
 
     # -- extra losses ------------------------------------------------------------------------------
     def extra_losses(self, examples, plans, batch: LatentBatch, thinking: Thinking):
-        total, metrics = None, {}
+        total, metrics = super().extra_losses(examples, plans, batch, thinking)
         states = thinking.states  # [B, T + 1, H], h_0 .. h_T
         n = batch.n_thoughts.to(states.device)
         if self.config.halting == "learned" and self.config.halt_weight > 0 and states.shape[1] > 1:
@@ -715,7 +750,8 @@ class StableLatentReasoning(Coconut):
             target = (t.unsqueeze(0) >= n.unsqueeze(1)).float()
             if bool(used.any()):
                 bce = F.binary_cross_entropy_with_logits(logits[used], target[used])
-                total = self.config.halt_weight * bce
+                halt = self.config.halt_weight * bce
+                total = halt if total is None else total + halt
                 metrics["halt_bce"] = float(bce.detach())
         if self.config.distill_weight > 0:
             distill = self.distillation(examples, plans, states)
