@@ -1,19 +1,23 @@
 """slr with loop=depth on a tiny model: one loop with every stabiliser off is the plain model, cached decoding
-equals full recomputation, per-token halting, each stabiliser's switch, truncated back-propagation, training
-through the real trainer, and the command line's sweep over test-time loops."""
+equals full recomputation, per-token halting, `latent inspect`'s per-token trace, each stabiliser's switch,
+truncated back-propagation, training through the real trainer, and the command line's sweep over test-time
+loops and inspect."""
 
 import copy
 import json
+import re
 from dataclasses import replace
 
 import pytest
 import torch
 
-from latent_reasoning import methods, tasks
+from latent_reasoning import checkpoint, methods, tasks
 from latent_reasoning.backbones import load_backbone
 from latent_reasoning.cli import main
 from latent_reasoning.config import ConfigError
+from latent_reasoning.inspect_thoughts import DepthTrace, depth_report, inspect
 from latent_reasoning.methods.base import encode_prompts, prompt_text
+from latent_reasoning.methods.coconut import relative_change
 from latent_reasoning.methods.looped import Caches, DepthLoop
 from latent_reasoning.run import make_run, texts_of
 from latent_reasoning.trainer import TrainConfig, Trainer
@@ -184,6 +188,97 @@ def test_halting_counts_the_iterations_each_token_ran(base, halt_on):
     assert sum(p.forward_passes for p in method.answer(examples)) < sum(p.forward_passes for p in plain)
 
 
+def shown(report: str) -> list[list[tuple[int, list[float]]]]:
+    """Per question of an inspect report, each token's iterations and the relative changes printed for it."""
+    questions = []
+    for line in report.splitlines():
+        if re.match(r"\[\d+\] ", line):
+            questions.append([])
+        elif found := re.match(r" +token \d+: (\d+) iterations", line):
+            questions[-1].append((int(found[1]), []))
+        elif found := re.match(r" +change ([^;]+);", line):
+            questions[-1][-1][1].extend(float(c) for c in found[1].split())
+    return questions
+
+
+@torch.no_grad()
+def test_inspect_shows_the_iterations_each_token_used_with_and_without_halting(base, tmp_path):
+    T, options = 4, dict(loops=4, prelude=1, coda=1, max_new_tokens=6)
+    method = make(base, **options)
+    run = make_run({"method": "slr", "task": "parity", "task_options": {"bits": 6}, "model": "tiny-1m",
+                    "loop": "depth", **options})
+    folder = checkpoint.write(tmp_path / "checkpoint", method, run.describe("test"))
+    examples = EXAMPLES[:4]
+
+    text = inspect(folder, examples, png_path=tmp_path / "depth.png")
+    predictions = method.answer(examples)
+    assert [[n for n, _ in tokens] for tokens in shown(text)] == [p.thoughts for p in predictions]
+    assert all(p.thoughts == [T] * p.generated_tokens for p in predictions)
+    assert all(len(changes) == T - 1 for tokens in shown(text) for _, changes in tokens)
+    for p in predictions:
+        assert f"{p.forward_passes:.2f} forward passes" in text and ("correct" in text or "wrong" in text)
+    assert (tmp_path / "depth.png").exists()
+
+    # halting: a threshold between the changes the tokens show, so that some halt early and others do not
+    watched = sorted(min(changes[: T - 2]) for tokens in shown(text) for _, changes in tokens[1:])
+    middle = len(watched) // 2
+    assert watched[middle - 1] < watched[middle]
+    threshold = (watched[middle - 1] + watched[middle]) / 2
+    overrides = {"halt_on": "change", "halt_threshold": threshold}
+    text = inspect(folder, examples, overrides=overrides)
+    method.config = replace(method.config, **overrides)
+    predictions = method.answer(examples)
+    assert [[n for n, _ in tokens] for tokens in shown(text)] == [p.thoughts for p in predictions]
+    generated = [n for p in predictions for n in p.thoughts[1:]]  # the prompt's pass runs all T
+    assert 0 < sum(n < T for n in generated) < len(generated)
+    for tokens in shown(text):  # the changes printed (3 digits) agree with where halting stopped
+        for n, changes in tokens[1:]:
+            assert len(changes) == n - 1
+            assert all(c >= threshold * (1 - 5e-3) for c in changes[: n - 2])  # watched after t = 2 .. n - 1
+            assert n == T or changes[-1] < threshold * (1 + 5e-3)  # halted after iteration n
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("halt_on", ["change", "kl"])
+def test_the_inspected_trace_is_what_each_iteration_computes(base, halt_on):
+    T = 4
+    method = make(base, loops=T, prelude=1, coda=1, max_new_tokens=4, halt_on=halt_on, halt_threshold=1e-9)
+    examples = [EXAMPLES[0], SHORT[0]]
+    watched, divergence = [], method.divergence
+    method.divergence = lambda now, before: watched.append(divergence(now, before)) or watched[-1]
+    plain = method.answer(examples)
+    untraced, watched[:] = watched[:], []
+    trace = DepthTrace()
+    predictions = method.answer(examples, on_iteration=trace)
+    assert predictions == plain and len(watched) == len(untraced)  # tracing changes nothing
+    assert all(torch.equal(a, b) for a, b in zip(watched, untraced))
+
+    # the trace holds what halting watched after iterations 2 .. T - 1 of each generated token's pass
+    assert len(watched) == (len(trace.passes) - 1) * (T - 2)
+    for k, value in enumerate(watched):
+        iterations = trace.passes[1 + k // (T - 2)]
+        t = 2 + k % (T - 2)
+        (state, *_, kl), (before, *_) = iterations[t - 1], iterations[t - 2]
+        torch.testing.assert_close(value, kl if halt_on == "kl" else relative_change(state, before), atol=0, rtol=0)
+
+    text = depth_report(method, examples)
+    for b, (example, prediction) in enumerate(zip(examples, predictions)):
+        # on the prompt's pass, iteration t reads what a T = t loop gives (every position has run t iterations)
+        _, top, p, kl = trace.token(b, 0, T)
+        log_p = torch.stack([method.run(*alone(method, example), t).logits[0, -1].float().log_softmax(-1)
+                             for t in range(1, T + 1)])
+        assert top.tolist() == log_p.argmax(-1).tolist()
+        torch.testing.assert_close(p, log_p.max(-1).values.exp(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(kl, (log_p[:-1].exp() * (log_p[:-1] - log_p[1:])).sum(-1), atol=1e-5, rtol=0)
+        tokens = [trace.token(b, index, n) for index, n in enumerate(prediction.thoughts)]
+        # the last iteration's read is the token written
+        assert method.tokenizer.decode([int(top[-1]) for _, top, _, _ in tokens],
+                                       skip_special_tokens=True) == prediction.text
+        for (states, *_), (n, printed) in zip(tokens, shown(text)[b]):  # the relative change, by hand
+            assert printed == pytest.approx([float((states[t] - states[t - 1]).norm() / states[t - 1].norm())
+                                             for t in range(1, n)], rel=5e-3)
+
+
 def test_each_stabiliser_switch_changes_the_output_and_nothing_else(base):
     ids, mask = prompts(make(base), [EXAMPLES[0], SHORT[0]])
     real = mask.bool()
@@ -242,7 +337,7 @@ def test_a_tiny_depth_run_learns_through_the_trainer(base, tmp_path):
     assert sum(poisson.training_loops(step) for step in range(400)) / 400 == pytest.approx(3, abs=0.25)
 
 
-def test_train_then_sweep_test_time_loops_from_the_command_line(tmp_path, capsys):
+def test_train_then_sweep_test_time_loops_and_inspect_from_the_command_line(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--method", "slr", "--task", "parity", "--model", "tiny-1m", "--out", str(run),
                  "loop=depth", "loops=2", "task.bits=6", "steps=2", "batch_size=4", "train_size=40", "eval_size=0",
@@ -255,6 +350,14 @@ def test_train_then_sweep_test_time_loops_from_the_command_line(tmp_path, capsys
     assert one["forward_passes"] == pytest.approx(one["generated_tokens"])  # the whole model looped: T per token
     assert three["forward_passes"] == pytest.approx(3 * three["generated_tokens"])
     assert (tmp_path / "ev" / "results.png").exists()
+
+    capsys.readouterr()
+    assert main(["inspect", "--checkpoint", str(run), "--limit", "2", "--png", str(tmp_path / "depth.png"),
+                 "eval_loops=3", "halt_on=change", "halt_threshold=0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "up to 3 core iterations per generated token (halt_on=change below 0.5" in text
+    assert len(shown(text)) == 2 and all(tokens and tokens[0][0] == 3 for tokens in shown(text))
+    assert "forward passes" in text and (tmp_path / "depth.png").exists()
 
 
 @pytest.mark.parametrize("values, named", [

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--skip-bad", action="store_true", help="count and report bad records instead of "
                                                                "stopping at the first (default: off)")
 
-    inspect = commands.add_parser("inspect", help="what a coconut/slr checkpoint's continuous thoughts decode to",
+    inspect = commands.add_parser("inspect", help="what a coconut/slr checkpoint's continuous thoughts decode to; "
+                                                  "for slr loop=depth, each token's core iterations and convergence",
                                   parents=[common])
     inspect.add_argument("--checkpoint", required=True, help="a coconut or slr run folder (the --out of latent train) "
                                                              "or its checkpoint/")
@@ -150,10 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--split", default="valid", help="split to read (default: valid)")
     inspect.add_argument("--limit", type=count, default=3, help="questions to inspect (default: 3)")
     inspect.add_argument("--seed", type=seed, default=1, help="seed for generated questions (default: 1)")
-    inspect.add_argument("--top-k", type=count, default=5, help="tokens shown per thought (default: 5)")
-    inspect.add_argument("--png", help="also plot thought norms and similarities to this PNG (default: none)")
+    inspect.add_argument("--top-k", type=count, default=5, help="tokens shown per continuous thought (default: 5)")
+    inspect.add_argument("--png", help="also plot thought norms and similarities (loop=depth: the state's change per "
+                                       "iteration and iterations per token) to this PNG (default: none)")
     inspect.add_argument("overrides", nargs="*", metavar="key=value",
-                         help="method answering options, e.g. eval_thoughts=4 halting=none")
+                         help="method answering options, e.g. eval_thoughts=4 halting=none, or "
+                              "eval_loops=8 halt_on=change halt_threshold=0.05")
 
     demo = commands.add_parser("demo", help="the main job: generate a task, train every method, compare them",
                                parents=[common])

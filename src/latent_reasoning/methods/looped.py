@@ -50,6 +50,7 @@ Prediction.thoughts holds the chosen answer's core iterations per pass (the prom
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,11 @@ class Pass:
     logits: torch.Tensor
     iterations: torch.Tensor
     coda_runs: torch.Tensor
+
+
+def successive_kl(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """KL(p_{t-1} || p_t) from log p_t (`now`) and log p_{t-1} (`before`) [..., V]: what kl halting watches."""
+    return (before.exp() * (before - now)).sum(-1)
 
 
 def seeded(build):
@@ -121,13 +127,17 @@ class DepthLoop(ExtraModules, NoCoT):
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, ids: torch.Tensor, mask: torch.Tensor, loops: int, caches: Caches | None = None,
-            keep: int | None = None, halt: bool = False) -> Pass:
+            keep: int | None = None, halt: bool = False,
+            on_iteration: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> Pass:
         """The depth loop over new tokens `ids` [B, n]; `mask` [B, past + n] covers the cached positions and
         the new ones (0 on padding). The logits are those of the last `keep` positions (default all).
 
         With `caches` the pass reads and extends them. With `halt` (one new token a row, on caches) each row
         stops iterating as the module docstring says; a row whose new slot is masked (it has finished its
         answer) counts as halted from the start.
+
+        With `on_iteration` (on caches; `latent inspect`) each iteration t that runs is followed by
+        on_iteration(t, h_t at the last position [B, d], log p_t [B, V]), p_t read as kl halting reads it.
         """
         config, decoder = self.config, self.model.get_decoder()
         x = self.model.get_input_embeddings()(ids)
@@ -159,6 +169,8 @@ class DepthLoop(ExtraModules, NoCoT):
                 new = torch.where(halted[:, None, None], h, new)
             iterations += (~halted).long()
             h = new
+            if on_iteration is not None:
+                on_iteration(t, h[:, -1], self.peek(h, layer_inputs, outer))
             if halt and t < loops:
                 watched = self.peek(h, layer_inputs, outer) if config.halt_on == "kl" else h[:, -1].float()
                 if t >= 2:
@@ -199,19 +211,17 @@ class DepthLoop(ExtraModules, NoCoT):
 
     # -- halting -------------------------------------------------------------------------------------
     def peek(self, h: torch.Tensor, layer_inputs: dict, outer: DynamicCache) -> torch.Tensor:
-        """log p_t [B, V] at the last position: the coda and head over h, the coda's cache left as it was."""
-        saved = [(outer.layers[i].keys, outer.layers[i].values) for i in self.coda]
-        try:
-            logits = self.head(self.layers(self.coda, h, layer_inputs, outer)[:, -1:])
-        finally:
-            for i, (keys, values) in zip(self.coda, saved):
-                outer.layers[i].keys, outer.layers[i].values = keys, values
+        """log p_t [B, V] at the last position: the coda and head over h, the coda's cache left as it was (its new
+        entries cropped off: restoring the old tensors would break the prompt's pass, where the cache starts empty)."""
+        logits = self.head(self.layers(self.coda, h, layer_inputs, outer)[:, -1:])
+        for i in self.coda:
+            outer.layers[i].crop(-h.shape[1])
         return logits[:, -1].float().log_softmax(-1)
 
     def divergence(self, now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
         """[B] what halting watches: the relative change of the state, or KL(p_{t-1} || p_t)."""
         if self.config.halt_on == "kl":
-            return (before.exp() * (before - now)).sum(-1)
+            return successive_kl(now, before)
         return relative_change(now, before)
 
     def repeat_entries(self, caches: Caches, t: int, rows: torch.Tensor) -> None:
@@ -260,8 +270,10 @@ class DepthLoop(ExtraModules, NoCoT):
         return (self.core.start + iterations * len(self.core) + coda_runs * len(self.coda)) / layers
 
     @torch.no_grad()
-    def answer(self, examples: list[Example]) -> list[Prediction]:
-        """The prompt's pass, then one incremental pass per generated token: greedy, or k samples and a vote."""
+    def answer(self, examples: list[Example],
+               on_iteration: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> list[Prediction]:
+        """The prompt's pass, then one incremental pass per generated token: greedy, or k samples and a vote.
+        `on_iteration` goes to every pass (`run`), over every row (k per example), finished or not."""
         if not examples:
             return []
         config = self.config
@@ -271,7 +283,7 @@ class DepthLoop(ExtraModules, NoCoT):
         inputs = encode_prompts(self.tokenizer, [prompt_text(e) for e in examples for _ in range(k)], self.device)
         mask, caches, loops = inputs["attention_mask"], self.new_caches(), self.eval_loops()
         halting = config.halt_on != "none" and config.halt_threshold > 0
-        step = self.run(inputs["input_ids"], mask, loops, caches, keep=1)
+        step = self.run(inputs["input_ids"], mask, loops, caches, keep=1, on_iteration=on_iteration)
         rows = mask.shape[0]
         done = torch.zeros(rows, dtype=torch.bool, device=self.device)
         tokens, costs = [], [[] for _ in range(rows)]
@@ -289,7 +301,7 @@ class DepthLoop(ExtraModules, NoCoT):
             if bool(done.all()) or len(tokens) == config.max_new_tokens:
                 break
             mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
-            step = self.run(picked.unsqueeze(1), mask, loops, caches, halt=halting)
+            step = self.run(picked.unsqueeze(1), mask, loops, caches, halt=halting, on_iteration=on_iteration)
         ids = torch.stack(tokens, 1).tolist()
         texts = [self.tokenizer.decode(row[: len(cost)], skip_special_tokens=True) for row, cost in zip(ids, costs)]
         predictions = []
