@@ -8,11 +8,13 @@ trl, latro, trl, latro ... for `--rounds`, so that both see the same machine loa
 A subprocess makes one warm-up step, then `--steps` timed steps; a step is a whole RL update:
 sample K completions for each prompt, score them, compute the loss, backward, AdamW.
 
-Both do full fine-tuning in fp32 with a frozen reference model (beta = 0.05), temperature 1,
+Both do full fine-tuning of fp32 weights with a frozen reference model (beta = 0.05), temperature 1,
 lr 1e-6, and sample up to `--tokens` new tokens per completion. TRL keeps its defaults otherwise
-(gradient checkpointing on, as a user would run it); its reward is a string match of the gold
-number, which costs nothing, while LaTRO's reward log pi(y | x + z) is part of its teacher-forced
-pass. Throughput is sampled completion tokens per second of whole step time.
+(gradient checkpointing on, and bf16 mixed precision: its configs turn `bf16` on unless fp16 is, so
+its passes run under bf16 autocast, which a CPU without bf16 units computes several times slower than
+fp32; bench/rl_speed.py compares fp32 with fp32); its reward is a string match of the gold number,
+which costs nothing, while LaTRO's reward log pi(y | x + z) is part of its teacher-forced pass.
+Throughput is sampled completion tokens per second of whole step time.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gsm8k"
 
@@ -40,6 +43,24 @@ def questions(n: int):
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+class StepClock(TrainerCallback):
+    """Times each TRL trainer step (on_step_begin to on_step_end: sampling, reward, loss, backward, optimizer)
+    and reads its sampled tokens from the logged mean completion length times the `rows` sampled per step."""
+
+    def __init__(self, rows: int):
+        self.rows, self.seconds, self.tokens, self.started = rows, [], [], 0.0
+
+    def on_step_begin(self, *_, **__):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, *_, **__):
+        self.seconds.append(time.perf_counter() - self.started)
+
+    def on_log(self, _args, _state, _control, logs=None, **__):
+        if logs and "completions/mean_length" in logs:
+            self.tokens.append(logs["completions/mean_length"] * self.rows)
 
 
 def run_latro(args) -> dict:
@@ -67,7 +88,6 @@ def run_latro(args) -> dict:
 
 def run_trl(args) -> dict:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
     from latent_reasoning.backbones import load_backbone
@@ -80,21 +100,7 @@ def run_trl(args) -> dict:
     def contains_gold(completions, answer, **_):
         return [float(gold in text) for text, gold in zip(completions, answer)]
 
-    class StepClock(TrainerCallback):
-        def __init__(self):
-            self.seconds, self.tokens, self.started = [], [], 0.0
-
-        def on_step_begin(self, *_, **__):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            self.seconds.append(time.perf_counter() - self.started)
-
-        def on_log(self, _args, _state, _control, logs=None, **__):
-            if logs and "completions/mean_length" in logs:
-                self.tokens.append(logs["completions/mean_length"] * args.prompts * args.k)
-
-    clock = StepClock()
+    clock = StepClock(rows=args.prompts * args.k)
     config = RLOOConfig(output_dir=str(Path(args.scratch) / "trl"), per_device_train_batch_size=args.prompts * args.k,
                         num_generations=args.k, max_completion_length=args.tokens, temperature=1.0, beta=0.05,
                         learning_rate=1e-6, max_steps=args.steps + 1, logging_steps=1, save_strategy="no",
