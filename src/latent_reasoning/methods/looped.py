@@ -71,7 +71,7 @@ class Caches:
     """What incremental answering keeps between passes: the KV caches, `outer` for the prelude and coda layers,
     `loops[t - 1]` for the core layers in iteration t, and mu_E (`normalize`), computed by the first pass: the
     weights do not change while answering, and on a large vocabulary the norms of every embedding row cost a
-    pass as much as several decoder layers (SmolLM2's 49,152 rows: bench/depth_loop_speed.py)."""
+    decoding pass about as much as two decoder layers (SmolLM2's 49,152 rows: bench/depth_loop_speed.py)."""
 
     outer: DynamicCache
     loops: list[DynamicCache]
