@@ -68,11 +68,14 @@ from .sft import NoCoT
 
 @dataclass
 class Caches:
-    """The KV caches of incremental answering: `outer` for the prelude and coda layers, `loops[t - 1]` for
-    the core layers in iteration t."""
+    """What incremental answering keeps between passes: the KV caches, `outer` for the prelude and coda layers,
+    `loops[t - 1]` for the core layers in iteration t, and mu_E (`normalize`), computed by the first pass: the
+    weights do not change while answering, and on a large vocabulary the norms of every embedding row cost a
+    decoding pass about as much as two decoder layers (SmolLM2's 49,152 rows: bench/depth_loop_speed.py)."""
 
     outer: DynamicCache
     loops: list[DynamicCache]
+    embedding_norm: torch.Tensor | None = None
 
 
 @dataclass
@@ -152,7 +155,7 @@ class DepthLoop(ExtraModules, NoCoT):
         outer = caches.outer if caches else None
         h0 = self.layers(range(self.core.start), x, layer_inputs, outer)
         h = h0
-        scale = mean_embedding_norm(self.model) if config.normalize else None
+        scale = self.embedding_norm(caches) if config.normalize else None
         halted = mask[:, -1] == 0 if halt else torch.zeros_like(mask[:, -1], dtype=torch.bool)
         iterations = torch.zeros_like(mask[:, -1])
         grad = torch.is_grad_enabled()
@@ -180,6 +183,14 @@ class DepthLoop(ExtraModules, NoCoT):
         logits = self.head(h if keep is None else h[:, -keep:])
         coda_runs = iterations if halt and config.halt_on == "kl" else torch.ones_like(iterations)
         return Pass(logits, iterations, coda_runs)
+
+    def embedding_norm(self, caches: Caches | None) -> torch.Tensor:
+        """mu_E, the scale `normalize` feeds the core at: once per set of caches (one answer), else every pass."""
+        if caches is None:
+            return mean_embedding_norm(self.model)
+        if caches.embedding_norm is None:
+            caches.embedding_norm = mean_embedding_norm(self.model)
+        return caches.embedding_norm
 
     def iterate(self, h, h0, t: int, scale, layer_inputs: dict, cache) -> torch.Tensor:
         """h_t = C_t(N(h_{t-1}) + e_t) + h_0, with the switched-on stabilisers."""
