@@ -102,7 +102,8 @@ from ..backbones import thought_token_ids
 from ..config import ConfigError, choices
 from ..latent import LoopResult, decode, extend, thought_loop
 from ..tasks import Example
-from .base import ExtraModules, Method, MethodConfig, Prediction, StepTokens, chain_text, majority_vote, prompt_text, split_chain
+from .base import (ExtraModules, Method, MethodConfig, Prediction, StepTokens, chain_text, majority_vote, pad_pairs,
+                   prompt_text, split_chain)
 
 
 # ---- configuration -------------------------------------------------------------------------------
@@ -427,10 +428,8 @@ class Coconut(ExtraModules, Method):
                 for i in range(min(len(example.steps), int(loop.n_thoughts[b]) // c))]
         if not rows:
             return None
-        width = max(len(ids) for _, _, ids in rows)
-        step_ids = torch.tensor([ids + [self.tokenizer.pad_token_id] * (width - len(ids)) for _, _, ids in rows],
-                                device=device)
-        step_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for _, _, ids in rows], device=device)
+        steps = pad_pairs([(ids, ids) for _, _, ids in rows], self.tokenizer.pad_token_id)
+        step_ids, step_mask = steps.input_ids.to(device), steps.attention_mask.to(device)
         which = torch.tensor([b for b, _, _ in rows], device=device)
         first = torch.tensor([i * c for _, i, _ in rows], device=device)
         thoughts = loop.thoughts[which.unsqueeze(1), first.unsqueeze(1) + torch.arange(c, device=device)]  # [R, c, H]
@@ -438,7 +437,7 @@ class Coconut(ExtraModules, Method):
         mask = torch.cat([torch.ones_like(step_mask[:, :1]).expand(-1, c), step_mask], dim=1)
         logits = self.model(inputs_embeds=torch.cat([thoughts, tokens], dim=1), attention_mask=mask).logits
         # the last thought predicts the step's first token, each step token the next
-        targets = step_ids.masked_fill(step_mask == 0, -100)
+        targets = steps.labels.to(device)
         return F.cross_entropy(logits[:, c - 1 : -1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
     # -- answering ---------------------------------------------------------------------------------
