@@ -112,7 +112,8 @@ def test_recipe_paths_are_relative_to_the_recipe(tmp_path, monkeypatch):
 
     (tmp_path / "recipes").mkdir()
     recipe = tmp_path / "recipes" / "r.yaml"
-    recipe.write_text("train_data: ../data/train.txt\ninit_from: ../runs/cot\nmodel: openai-community/gpt2\n")
+    recipe.write_text("train_data: ../data/train.txt\ninit_from: ../runs/cot\nmodel: openai-community/gpt2\n"
+                      "assistant: ./runs/assistant\n")
     monkeypatch.chdir(tmp_path / "recipes")
     values = read_recipe("r.yaml")
     assert values["train_data"] == "../data/train.txt" and values["init_from"] == "../runs/cot"
@@ -120,6 +121,7 @@ def test_recipe_paths_are_relative_to_the_recipe(tmp_path, monkeypatch):
     values = read_recipe("recipes/r.yaml")
     assert values["train_data"] == "recipes/../data/train.txt" and values["init_from"] == "recipes/../runs/cot"
     assert values["model"] == "openai-community/gpt2"  # a hub id, not a path
+    assert values["assistant"] == "recipes/runs/assistant"  # softcot's assistant run folder
 
 
 

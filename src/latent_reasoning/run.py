@@ -65,8 +65,8 @@ class Run:
 
 
 def read_recipe(path: str | Path | None) -> dict[str, Any]:
-    """A YAML recipe's keys; its relative paths (PATH_KEYS, and a `model` starting with "." ) are made
-    relative to the recipe's folder, so a recipe means the same files wherever it is run from."""
+    """A YAML recipe's keys; its relative paths (PATH_KEYS, and a `model` or softcot `assistant` starting with ".")
+    are made relative to the recipe's folder, so a recipe means the same files wherever it is run from."""
     if path is None:
         return {}
     values = read_yaml(Path(path)) or {}
@@ -74,7 +74,7 @@ def read_recipe(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError(f"{path}: a recipe is a mapping of keys to values")
     folder = Path(path).parent
     for key, value in values.items():
-        is_path = key in PATH_KEYS or (key == "model" and str(value).startswith("."))
+        is_path = key in PATH_KEYS or (key in ("model", "assistant") and str(value).startswith("."))
         if is_path and isinstance(value, str) and not Path(value).is_absolute():
             values[key] = str(folder / value)
     return values
