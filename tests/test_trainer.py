@@ -189,3 +189,28 @@ def test_the_learning_rate_schedule_after_warmup(tmp_path, examples, schedule):
         assert rates[1:] == pytest.approx([3e-3] * 5)
     else:
         assert rates[2] < 3e-3 and rates[-1] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("method_name", ["softcot", "softcot++", "lta-thinker"])
+def test_frozen_backbone_methods_resume_to_the_same_trained_modules(tmp_path, interrupt, method_name):
+    """What these methods train lives outside the backbone (projection, initial embeddings, generator):
+    a killed run resumed from its checkpoint ends where an uninterrupted one does."""
+    examples = tasks.get("parity", bits=6).generate(40, seed=0)
+    run = make_run({"method": method_name, "task": "parity", "task_options": {"bits": 6}, "model": "tiny-1m",
+                    "steps": 4, "batch_size": 4, "lr": 3e-3, "warmup_steps": 0, "save_every": 2, "eval_size": 0,
+                    "log_with": "none", "mixed_precision": "no", "thoughts": 3, "max_new_tokens": 4})
+    whole = build_method(run, texts_of(examples))
+    Trainer(whole, examples, run.train, tmp_path / "whole", run.describe("test")).fit()
+
+    interrupted = build_method(run, texts_of(examples))
+    interrupt(interrupted, 3, Killed)  # in the last step, after the step-2 checkpoint
+    with pytest.raises(Killed):
+        Trainer(interrupted, examples, run.train, tmp_path / "killed", run.describe("test")).fit()
+    resumed = build_method(run, weights=tmp_path / "killed" / "checkpoint")
+    Trainer(resumed, examples, run.train, tmp_path / "killed", run.describe("test")).fit(resume=True)
+    expected, got = whole.trainable_parameters(), resumed.trainable_parameters()
+    assert len(expected) == len(got) > 0
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want, rtol=0, atol=0)
+    fresh = build_method(run, texts_of(examples)).trainable_parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(fresh, got))  # the run did move them
