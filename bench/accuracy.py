@@ -12,7 +12,8 @@ Each row is DESIGN.md's result row plus train_seconds and the variant; `command`
 
 With --resume, a variant whose run folder already holds a checkpoint continues from it (pass
 save_every=N in the variant so that a long run killed midway leaves one); train_seconds is then the
-training time summed over the processes that trained it.
+training time summed over the processes that trained it. A variant whose row (label and seed) --out
+already holds is not scored again, unless a later variant reuses its model.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def parse_variant(text: str) -> tuple[str, str, dict]:
     method, _, options = spec.partition(":")
     values = dict(pair.split("=", 1) for pair in options.split(",") if pair)
     return label, method, {key: yaml.safe_load(value) for key, value in values.items()}
+
+
+def read_rows(path: str) -> list[dict]:
+    """The result rows a --out file holds (none if it does not exist yet)."""
+    if not os.path.exists(path):
+        return []
+    return [json.loads(line) for line in open(path) if line.strip()]
 
 
 def main() -> None:
@@ -62,6 +70,7 @@ def main() -> None:
     task = tasks.get(args.task, **task_options)
     held_out = task.load(split=args.eval_split, path=args.eval_data)[: args.eval_limit]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    scored = {(r["method"], r["seed"]) for r in read_rows(args.out)} if args.resume else set()
     for seed in [int(s) for s in args.seeds.split(",")]:
         train_examples = task.generate(args.train_size, seed=seed, exclude={e.question for e in held_out})
         data = Path(args.runs) / f"{args.task}-train-seed{seed}.data"
@@ -71,7 +80,14 @@ def main() -> None:
         task.save(train_examples, partial)
         os.replace(partial, data)
         trained = {}
-        for label, method, options in map(parse_variant, args.variant):
+        variants = list(map(parse_variant, args.variant))
+        # a variant already scored is skipped, unless one still to be scored answers with its model
+        needed = {options["reuse"] for label, _, options in variants
+                  if "reuse" in options and (label, seed) not in scored}
+        for label, method, options in variants:
+            if (label, seed) in scored and label not in needed:
+                print(f"{label}, seed {seed}: already in {args.out}; not scored again", flush=True)
+                continue
             reuse = options.pop("reuse", None)
             start_from = options.pop("from", None)
             values = {"method": method, "task": args.task, "task_options": task_options, "model": args.model,
