@@ -32,6 +32,10 @@ RESULTS = [
      "names": {"warmup": "cot warm-up (base)", "sft": "cot (sft, +150 steps)", "latro": "latro (+150 steps)"}},
     {"file": "bench/results/gsm8k-smollm2.jsonl", "task": "GSM8K (test, first 200; earlier grader)"},
     {"file": "bench/results/parity-16.jsonl", "task": "parity, 16 bits (500 held out)", "methods": ["no-cot", "cot"]},
+    {"file": "bench/results/parity-16-latent.jsonl", "task": "parity, 16 bits (500 held out)",
+     "methods": ["icot-lr3e-4", "coconut-step-lr3e-4", "slr-step-lr3e-4"],
+     "names": {"icot-lr3e-4": "icot", "coconut-step-lr3e-4": "coconut + step_weight",
+               "slr-step-lr3e-4": "slr + step_weight"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
