@@ -4,7 +4,7 @@ Both answer the same batch of questions on the same backbone and decode exactly 
 (end-of-sequence ignored, so the lengths are equal whatever the weights say):
 
 - CoT: prefill "question", decode.
-- lta-thinker (as `LTAThinker.answer` does it): the one-block generator over "question p_1 .. p_N", then
+- lta-thinker (`prefill`, as its `answer` does): the one-block generator over "question p_1 .. p_N", then
   prefill "question <bot> v_1 .. v_N <eot>" with the N generated vectors at the placeholders, decode.
 
 Timed alternately, one round = one of each (their order swapped every round), after a warm-up; prints one JSON
@@ -25,33 +25,27 @@ import torch
 
 from latent_reasoning import tasks
 from latent_reasoning.latent import decode, thought_loop
-from latent_reasoning.methods.base import prompt_text
+from latent_reasoning.methods.base import encode_prompts, prompt_text
 from latent_reasoning.run import build_method, make_run, texts_of
 
 NEVER = -1  # an end-of-sequence id no token has: every row decodes the full length
 
 
-def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
+def decoded_tokens(method, state, tokens: int) -> int:
+    """Decode `tokens` tokens greedily from the prefilled `state`; the number of tokens decoded in all."""
+    decoded = decode(method.model, state, None, tokens, NEVER, pad_token_id=method.tokenizer.pad_token_id)
+    return int(decoded.n_tokens.sum())
 
 
 def cot_answer(method, examples, tokens: int) -> int:
-    pad = method.tokenizer.pad_token_id
-    ids, mask = left_padded([method._ids(prompt_text(e)) for e in examples], pad)
-    state = thought_loop(method.model, ids.to(method.device), mask.to(method.device), 0)  # the prefill
-    return int(decode(method.model, state, None, tokens, NEVER, pad_token_id=pad).n_tokens.sum())
+    prompts = encode_prompts(method.tokenizer, [prompt_text(e) for e in examples], method.device)
+    state = thought_loop(method.model, prompts["input_ids"], prompts["attention_mask"], 0)  # the prefill
+    return decoded_tokens(method, state, tokens)
 
 
 def lta_answer(method, examples, n: int, tokens: int) -> int:
-    pad = method.tokenizer.pad_token_id
-    vectors = method.thoughts(examples, n)  # [B, 1, n, H] from the generator
-    ids, mask = left_padded([method.prompt(e, n) for e in examples], pad)
-    ids, mask = ids.to(method.device), mask.to(method.device)
-    state = thought_loop(method.model, method.embed(ids, mask, vectors.flatten(0, 1)), mask, 0)
-    return int(decode(method.model, state, None, tokens, NEVER, pad_token_id=pad).n_tokens.sum())
+    _, state = method.prefill(examples, n)  # the generator, then the prompt with its n vectors, as `answer` does
+    return decoded_tokens(method, state, tokens)
 
 
 @torch.no_grad()

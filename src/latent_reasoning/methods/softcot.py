@@ -60,7 +60,7 @@ from torch import nn
 from .. import backbones, checkpoint
 from ..backbones import thought_token_ids
 from ..config import ConfigError
-from ..latent import decode, splice, thought_loop
+from ..latent import LoopResult, decode, splice, thought_loop
 from ..tasks import Example
 from .base import ExtraModules, Method, MethodConfig, Prediction, chain_text, majority_vote, pad_pairs, prompt_text
 
@@ -170,22 +170,27 @@ class SoftThoughtMethod(ExtraModules, Method):
     def answer_thoughts(self) -> int:
         return self.config.eval_thoughts or self.config.thoughts
 
+    def prefill(self, examples: list[Example], n: int) -> tuple[torch.Tensor, LoopResult]:
+        """The thoughts [B, C, n, H] (variance scaled) and the backbone's cache after reading
+        "question <bot> v_1 .. v_n <eot>" once per chain (rows example-major)."""
+        self._extras_on_device()
+        vectors = scale_variance(self.thoughts(examples, n), self.config.thought_variance_scale)
+        rows = [self.prompt(example, n) for example in examples for _ in range(vectors.shape[1])]
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return vectors, thought_loop(self.model, self.embed(ids, mask, vectors.flatten(0, 1)), mask, 0)
+
     @torch.no_grad()
     def answer(self, examples: list[Example]) -> list[Prediction]:
         """question <bot> v_1 .. v_N <eot>, then decoded per chain (k samples under self-consistency); the
         chains' (and samples') answers are voted on."""
         if not examples:
             return []
-        self._extras_on_device()
-        n = self.answer_thoughts()
-        vectors = scale_variance(self.thoughts(examples, n), self.config.thought_variance_scale)
+        vectors, state = self.prefill(examples, self.answer_thoughts())
         chains = vectors.shape[1]
-        rows = [self.prompt(example, n) for example in examples for _ in range(chains)]
-        width = max(map(len, rows))
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        state = thought_loop(self.model, self.embed(ids, mask, vectors.flatten(0, 1)), mask, 0)  # the prefill
         sampling = self.config.decoding == "self-consistency"
         k = self.config.samples if sampling else 1
         if k > 1:  # a chain's samples share its prefill
