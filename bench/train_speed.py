@@ -1,7 +1,7 @@
 """Training speed of the real trainer and methods, against the machine's GEMM peak, measured side by side in one run.
 
 1. GEMM peaks: a 2048^3 `a @ b` in fp32 (and bf16 where the CPU or GPU has it), median of 7 after 3 warm-ups.
-2. SFT (`cot`) steps of the real Trainer at its default precision on realistic lengths, for tiny-5m (2x2
+2. SFT (`cot`) steps of the real Trainer at its default precision (or --precision) on realistic lengths, for tiny-5m (2x2
    multiplication, the demo's setting), tiny-20m (ProsQA) and SmolLM2-135M (GSM8K): tokens/s (real tokens,
    padding excluded), positions computed per real token (1.0 = no compute on padding), and model FLOP/s
    = (6 N tokens + attention) / s over the peaks. Attention counts 6 layers hidden len^2 per sequence of `len`
@@ -10,17 +10,18 @@
    (batch x mean length, no padding): in fp32, and with bf16 weights where bf16 is supported.
 3. A coconut step (ProsQA, tiny-5m, stage 3) against a plain forward + backward + AdamW over the same
    number of positions (batch x the coconut batch's prompt + thoughts + continuation width), interleaved,
-   with the trainer's AdamW.
+   with the trainer's AdamW and precision.
 4. A latro step (tiny-5m, 2x2 multiplication, the demo's LaTRO settings).
 
     OMP_NUM_THREADS=1 python bench/train_speed.py
 Medians of --steps timed steps after --warmup; read the ratios (the machine may be shared). Prints one JSON
-line per row; `precision` is what the trainer's accelerator ran with.
+line per row; `precision` is what the trainer ran with (bf16-weights: bf16 autocast with the weights in bf16 during the passes).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -36,7 +37,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before the trainer imports tqdm: n
 from latent_reasoning import tasks
 from latent_reasoning.backbones import count_parameters
 from latent_reasoning.run import build_method, make_run, texts_of
-from latent_reasoning.trainer import Trainer, adamw, bf16_supported
+from latent_reasoning.trainer import Bf16Weights, Trainer, adamw, bf16_supported, resolve_precision
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -76,17 +77,22 @@ class Counter:
 class BareStep:
     """A plain Hugging Face step on a copy of the model: forward with labels, backward, AdamW, on random ids.
     AdamW is torch's default (the issue's bare step, the same before and after) or, with `as_trainer`, built
-    as the trainer builds it (to compare methods over the same optimizer)."""
+    as the trainer builds it, with the trainer's precision (to compare methods over the same optimizer and
+    arithmetic: under bf16 autocast, and with bf16 weights during the passes for bf16-weights)."""
 
-    def __init__(self, model, dtype: torch.dtype, as_trainer: bool):
+    def __init__(self, model, dtype: torch.dtype, as_trainer: bool, precision: str = "no"):
         self.model = copy.deepcopy(model).to(dtype).train()
         make = adamw if as_trainer else torch.optim.AdamW
         self.optimizer = make(self.model.parameters(), lr=1e-5, weight_decay=0.0)
+        self.precision = precision if as_trainer else "no"
 
     def seconds(self, batch: int, length: int) -> float:
         ids = torch.randint(0, self.model.config.vocab_size, (batch, length))
+        bf16 = self.precision in ("bf16", "bf16-weights")
+        weights = Bf16Weights(list(self.model.parameters()), []) if self.precision == "bf16-weights" else contextlib.nullcontext()
         started = time.perf_counter()
-        self.model(input_ids=ids, labels=ids).loss.backward()
+        with weights, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            self.model(input_ids=ids, labels=ids).loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - started
@@ -100,7 +106,8 @@ def train_steps(values: dict, train_examples, warmup: int, steps: int, bare_dtyp
     run = make_run({"steps": warmup + steps + 1, "save_every": 0, "eval_size": 0, "log_with": "none",
                     "warmup_steps": 0, **values})
     method = build_method(run, texts_of(train_examples))
-    bare_steps = {dtype: BareStep(method.model, dtype, bare_as_trainer) for dtype in bare_dtypes}
+    precision = resolve_precision(run.train.mixed_precision)
+    bare_steps = {dtype: BareStep(method.model, dtype, bare_as_trainer, precision) for dtype in bare_dtypes}
     counter = Counter(method.model)
     starts, ends, tokens, positions, squared = [], [], [], [], []
     bare = {dtype: [] for dtype in bare_dtypes}  # (tokens, seconds) per timed step
@@ -130,7 +137,7 @@ def train_steps(values: dict, train_examples, warmup: int, steps: int, bare_dtyp
     timed = range(warmup, warmup + steps)  # step i runs from starts[i] to ends[i + 1]
     seconds = [ends[i + 1] - starts[i] for i in timed]
     per_step = lambda series: sum(series[i + 1] - series[i] for i in timed) / steps  # noqa: E731
-    return {"method": method, "precision": trainer.accelerator.mixed_precision,
+    return {"method": method, "precision": precision,
             "seconds": statistics.median(seconds), "tokens": sum(tokens[i] for i in timed) / steps,
             "tokens_per_s": statistics.median(tokens[i] / s for i, s in zip(timed, seconds)),
             "positions": per_step(positions), "squared_lengths": per_step(squared),
@@ -146,7 +153,8 @@ def flops_per_step(model, result: dict) -> float:
 
 
 def sft_row(name: str, task_name: str, examples, batch: int, max_length: int, peaks: dict, args) -> dict:
-    values = {"method": "cot", "task": task_name, "model": name, "batch_size": batch, "max_length": max_length}
+    values = {"method": "cot", "task": task_name, "model": name, "batch_size": batch, "max_length": max_length,
+              "mixed_precision": args.precision}
     if task_name == "multiplication":
         values["task_options"] = {"digits": 2}
     dtypes = {"fp32": torch.float32, **({"bf16_weights": torch.bfloat16} if "bf16" in peaks else {})}
@@ -169,7 +177,7 @@ def sft_row(name: str, task_name: str, examples, batch: int, max_length: int, pe
 
 def coconut_row(examples, args) -> dict:
     values = {"method": "coconut", "task": "prosqa", "model": "tiny-5m", "batch_size": 16, "c": 1, "stages": 6,
-              "first_stage": 3, "steps_per_stage": 1000}
+              "first_stage": 3, "steps_per_stage": 1000, "mixed_precision": args.precision}
     result = train_steps(values, examples, args.warmup, args.steps, bare_dtypes=[torch.float32],
                          bare_length="positions", bare_as_trainer=True)
     plain = result["bare_per_s"][torch.float32]
@@ -182,7 +190,7 @@ def coconut_row(examples, args) -> dict:
 
 def latro_row(examples, args) -> dict:
     values = {"method": "latro", "task": "multiplication", "task_options": {"digits": 2}, "model": "tiny-5m",
-              "batch_size": 8, "lr": 1e-5, "rollouts": 8, "rationale_tokens": 24}
+              "batch_size": 8, "lr": 1e-5, "rollouts": 8, "rationale_tokens": 24, "mixed_precision": args.precision}
     result = train_steps(values, examples, args.warmup, args.steps)
     return {"row": "latro", "model": "tiny-5m", "task": "multiplication-2x2", "batch": 8, "rollouts": 8,
             "precision": result["precision"], "s_per_step": round(result["seconds"], 3),
@@ -194,6 +202,7 @@ def main() -> None:
     parser.add_argument("--rows", default="tiny-5m,tiny-20m,smollm2,coconut,latro")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (SmolLM2: at most 2)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--precision", default="auto", help="the trainer's mixed_precision for every row")
     parser.add_argument("--data", default=str(SHARED_DATA), help="folder holding gsm8k/ (SmolLM2's row)")
     args = parser.parse_args()
     rows = args.rows.split(",")
@@ -214,7 +223,7 @@ def main() -> None:
         print(json.dumps(sft_row("tiny-20m", "prosqa", prosqa, 8, 512, peaks, args)), flush=True)
     if "smollm2" in rows:
         gsm8k = tasks.get("gsm8k").load(split="train", path=Path(args.data) / "gsm8k")[:400]
-        smol_args = argparse.Namespace(steps=min(args.steps, 2), warmup=1)
+        smol_args = argparse.Namespace(steps=min(args.steps, 2), warmup=1, precision=args.precision)
         print(json.dumps(sft_row("smollm2-135m-instruct", "gsm8k", gsm8k, 4, 256, peaks, smol_args)), flush=True)
     if "coconut" in rows:
         print(json.dumps(coconut_row(prosqa, args)), flush=True)

@@ -23,7 +23,7 @@ def test_cot_learns_two_digit_multiplication_beyond_chance(tmp_path):
     task.save(train_examples, train_file)
     held_out = task.generate(200, seed=1, exclude={e.question for e in train_examples})
     run = make_run({"method": "cot", "task": "multiplication", "task_options": {"digits": 2}, "model": "tiny-5m",
-                    "train_data": str(train_file), "steps": 200, "batch_size": 32, "lr": 3e-3, "warmup_steps": 20,
+                    "train_data": str(train_file), "steps": 200, "batch_size": 32, "lr": 1e-3, "warmup_steps": 20,
                     "save_every": 0, "eval_size": 0, "log_with": "none", "max_new_tokens": 30})
     method, history = train(run, tmp_path / "run")
     first = sum(r["loss"] for r in history[:10]) / 10

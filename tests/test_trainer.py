@@ -1,5 +1,6 @@
 """The trainer, checkpoints, the evaluator and the run builder, on tiny models trained for a few steps."""
 
+import copy
 import json
 
 import pytest
@@ -214,3 +215,34 @@ def test_frozen_backbone_methods_resume_to_the_same_trained_modules(tmp_path, in
         torch.testing.assert_close(have, want, rtol=0, atol=0)
     fresh = build_method(run, texts_of(examples)).trainable_parameters()
     assert any(not torch.equal(a, b) for a, b in zip(fresh, got))  # the run did move them
+
+
+def test_bf16_weights_step_equals_a_bf16_copy_updated_in_fp32(tmp_path, examples):
+    """mixed_precision=bf16-weights: the forward and backward run on bf16 weights (under autocast), AdamW
+    updates the fp32 weights with the gradients cast to fp32, and everything after the step sees fp32."""
+    run = tiny_run(steps=1, warmup_steps=0, save_every=0, mixed_precision="bf16-weights")
+    method = build_method(run, texts_of(examples))
+    reference = copy.deepcopy(method)
+    trainer = Trainer(method, examples, run.train, tmp_path, run={})
+    batch = trainer.examples_for(0, 0)
+    trainer.fit()
+
+    fp32_model = reference.model
+    reference.model = copy.deepcopy(fp32_model)
+    for parameter in reference.model.parameters():  # the parameters only: buffers (RoPE's frequencies) stay fp32
+        parameter.data = parameter.data.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = reference.loss(batch, 0)
+    loss.backward()
+    for fp32, bf16 in zip(fp32_model.parameters(), reference.model.parameters()):
+        fp32.grad = bf16.grad.float()
+    torch.nn.utils.clip_grad_norm_(list(fp32_model.parameters()), run.train.max_grad_norm)
+    optimizer = torch.optim.AdamW(fp32_model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
+    optimizer.step()
+
+    assert trainer.history[0]["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    for (name, want), have in zip(fp32_model.named_parameters(), method.model.parameters()):
+        assert have.dtype == torch.float32, name
+        torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-6, msg=name)
+    moved = [not torch.equal(a, b) for a, b in zip(fp32_model.parameters(), reference.model.parameters())]
+    assert any(moved)

@@ -13,6 +13,7 @@ precision come from accelerate; on a CPU, training uses the cores no other proce
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -41,7 +42,9 @@ class TrainConfig(Config):
     warmup_steps: int = 20
     lr_schedule: str = choices("cosine", "constant", default="cosine")  # after warmup; constant suits long curricula
     max_grad_norm: float = 1.0
-    mixed_precision: str = choices("auto", "no", "bf16", "fp16", default="auto")
+    # bf16: autocast over fp32 weights; bf16-weights: autocast with the weights themselves in bf16 during the forward
+    # and backward passes (AdamW still updates fp32 weights); auto: bf16-weights where the device has bf16, else no
+    mixed_precision: str = choices("auto", "no", "bf16", "bf16-weights", "fp16", default="auto")
     eval_every: int = 0  # 0: only after the last step
     eval_size: int = 100  # held-out examples scored at each evaluation
     eval_batch_size: int = 64
@@ -68,8 +71,38 @@ def bf16_supported() -> bool:
 
 def resolve_precision(choice: str) -> str:
     if choice == "auto":
-        return "bf16" if bf16_supported() else "no"
+        return "bf16-weights" if bf16_supported() else "no"
     return choice
+
+
+class Bf16Weights:
+    """Within `with`, the parameters hold bf16 copies of their fp32 values, so the forward and backward passes
+    read and write bf16 (the residual stream included) instead of casting fp32 weights at every matrix product;
+    on leaving, the fp32 values come back and the gradients are cast to fp32, so that clipping, AdamW, checkpoints
+    and evaluation see fp32 as without it. A CPU SmolLM2 step ran 1.6x faster than under autocast alone
+    (bench/results/train_speed-bf16.txt). Frozen parameters keep one bf16 copy across steps."""
+
+    def __init__(self, trainable: list[torch.nn.Parameter], frozen: list[torch.nn.Parameter]):
+        self.trainable, self.frozen = trainable, frozen
+        self._frozen_bf16 = [p.data.to(torch.bfloat16) for p in frozen]
+        self._fp32: list[torch.Tensor] = []
+
+    def __enter__(self):
+        self._fp32 = [p.data for p in self.trainable + self.frozen]
+        for parameter in self.trainable:
+            parameter.data = parameter.data.to(torch.bfloat16)
+        for parameter, copy in zip(self.frozen, self._frozen_bf16):
+            parameter.data = copy
+        return self
+
+    def __exit__(self, *exc):
+        for parameter, value in zip(self.trainable + self.frozen, self._fp32):
+            gradient = parameter.grad
+            parameter.grad = None  # a bf16 gradient cannot sit on an fp32 parameter
+            parameter.data = value
+            if gradient is not None:
+                parameter.grad = gradient.float()
+        self._fp32 = []
 
 
 def adamw(parameters, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -133,10 +166,11 @@ class Trainer:
         self.accelerator = accelerator or Accelerator(
             # without cpu=True, accelerate on a GPU-less machine ignores a multi-process launch (no gloo DDP)
             cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-            mixed_precision=resolve_precision(config.mixed_precision),
+            mixed_precision=resolve_precision(config.mixed_precision).replace("bf16-weights", "bf16"),
             log_with=None if config.log_with == "none" else config.log_with,
             project_dir=str(self.out),
         )
+        self.bf16_weights = resolve_precision(config.mixed_precision) == "bf16-weights"
         self.eval_examples: list[Example] = []
         self.history: list[dict[str, float]] = []
         self._order_epoch, self._order_cache = -1, []  # the shuffled example order of one epoch
@@ -195,19 +229,21 @@ class Trainer:
         tokens_seen, started = 0.0, time.perf_counter()
         # records count training seconds across resumes, so a run split over sessions reports its total
         seconds_before = self.history[-1].get("seconds", 0.0) if self.history else 0.0
+        weights = self._weights_in_steps()
         for step in progress:
             if method.on_step(step):
                 optimizer.state.clear()  # a new curriculum stage starts from fresh AdamW moments (as COCONUT does)
             method.model.train()
             total, metrics = 0.0, {}
-            for micro in range(config.grad_accum):
-                with accelerator.autocast():
-                    loss, metrics = method.loss(self.examples_for(step, micro), step)
-                if not torch.isfinite(loss):
-                    self._diverged(step, loss)
-                accelerator.backward(loss / config.grad_accum)
-                total += float(loss.detach()) / config.grad_accum
-                tokens_seen += metrics.get("tokens", 0.0)
+            with weights:
+                for micro in range(config.grad_accum):
+                    with accelerator.autocast():
+                        loss, metrics = method.loss(self.examples_for(step, micro), step)
+                    if not torch.isfinite(loss):
+                        self._diverged(step, loss)
+                    accelerator.backward(loss / config.grad_accum)
+                    total += float(loss.detach()) / config.grad_accum
+                    tokens_seen += metrics.get("tokens", 0.0)
             self._average_gradients()
             if config.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(method.trainable_parameters(), config.max_grad_norm)
@@ -232,6 +268,15 @@ class Trainer:
                                    f"{scores['eval_forward_passes']:.1f} forward passes per answer")
                 record.update(scores)
             accelerator.log(record, step=step + 1)
+
+    def _weights_in_steps(self):
+        """The weights' form during forward and backward: bf16 copies (Bf16Weights) or the weights as they are."""
+        if not self.bf16_weights:
+            return contextlib.nullcontext()
+        trainable = self.method.trainable_parameters()
+        chosen = {id(p) for p in trainable}
+        frozen = [p for p in self.method.model.parameters() if id(p) not in chosen and p.is_floating_point()]
+        return Bf16Weights(trainable, frozen)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return adamw(self.method.trainable_parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
