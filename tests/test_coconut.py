@@ -41,6 +41,18 @@ def ids(tokenizer, text):
 # ---- the curriculum ------------------------------------------------------------------------------
 
 
+def test_remembered_tokenization_cuts_chains_as_a_fresh_one(base):
+    """Each chain is tokenized once per run; the cuts at every k, asked twice, equal a fresh tokenization's."""
+    method = make(base, "coconut", c=1, stages=3)
+    for _ in range(2):
+        for example in THREE:
+            for k in range(len(example.steps) + 1):
+                assert method._split(example, k) == split_chain(method.tokenizer, example, k, "\n")
+            assert method._ids(example.question) == ids(method.tokenizer, example.question)
+    assert len(method._chain_memo) == len(THREE)
+
+
+
 def test_stage_k_replaces_the_first_k_steps_and_labels_only_the_language_after_eot(base):
     method = make(base, "coconut", c=2, stages=2, steps_per_stage=3)
     tokenizer, special = method.tokenizer, thought_token_ids(method.tokenizer)

@@ -99,15 +99,23 @@ def chain_text(example: Example, separator: str = "\n") -> str:
     return separator.join(example.steps + [answer_text(example)])
 
 
-def split_chain(tokenizer, example: Example, k: int, separator: str = "\n") -> tuple[list[int], list[int]]:
+def split_chain(tokenizer, example: Example, k: int, separator: str = "\n",
+                memo: dict | None = None) -> tuple[list[int], list[int]]:
     """The CoT target's ids cut where step k starts (k = len(steps): where the answer starts):
     (steps 1..k with their separators, the rest). Tokenized as one text, so the rest is exactly what
     a CoT model reads there; a token holding the separator and the next step's start (a word-level
-    "▁1") goes with the rest."""
+    "▁1") goes with the rest. `memo` (a dict the caller keeps) tokenizes each chain once across calls."""
+    text = chain_text(example, separator)
+    encoded = memo.get(text) if memo is not None else None
+    if encoded is None:
+        tokens = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = (tokens["input_ids"], [end for _, end in tokens["offset_mapping"]])
+        if memo is not None:
+            memo[text] = encoded
+    ids, ends = encoded
     boundary = sum(len(step) + len(separator) for step in example.steps[:k])
-    encoded = tokenizer(chain_text(example, separator), add_special_tokens=False, return_offsets_mapping=True)
-    cut = sum(1 for _, end in encoded["offset_mapping"] if end <= boundary)
-    return encoded["input_ids"][:cut], encoded["input_ids"][cut:]
+    cut = sum(1 for end in ends if end <= boundary)
+    return ids[:cut], ids[cut:]
 
 
 def pair_ids(tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], list[int]]:

@@ -269,6 +269,8 @@ class Coconut(ExtraModules, Method):
     def __init__(self, config: CoconutConfig, model, tokenizer, task):
         super().__init__(config, model, tokenizer, task)
         self.tokens = thought_token_ids(tokenizer)
+        self._token_memo: dict[str, list[int]] = {}  # text -> ids (_ids)
+        self._chain_memo: dict = {}  # chain text -> (ids, token ends) (_split)
         self.extras = nn.ModuleDict()  # trained modules beyond the backbone (SLR's stabilisers)
         self.stage: int | None = None  # the trainer's current stage, once on_step has been called
         if config.keep_position:
@@ -317,7 +319,13 @@ class Coconut(ExtraModules, Method):
         return out
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of `text`, tokenized once: training meets every example again at every stage."""
+        if text not in self._token_memo:
+            self._token_memo[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._token_memo[text]
+
+    def _split(self, example: Example, k: int) -> tuple[list[int], list[int]]:
+        return split_chain(self.tokenizer, example, k, self.task.step_separator, memo=self._chain_memo)
 
     @staticmethod
     def kept_offset(removed, thoughts, pauses):
@@ -336,7 +344,7 @@ class Coconut(ExtraModules, Method):
         prompts, continuations, given, offsets = [], [], [], []
         for example, plan in zip(examples, plans):
             pauses = [self.tokens.latent] * max(self.reserved_slots() - plan.thoughts, 0)
-            chain, rest = split_chain(self.tokenizer, example, plan.latent_steps, self.task.step_separator)
+            chain, rest = self._split(example, plan.latent_steps)
             continuation = pauses + [self.tokens.eot] + rest + [self.tokenizer.eos_token_id]
             budget = max(self.config.max_length - plan.thoughts, 3)
             continuation = continuation[: max(budget - 1, len(pauses) + 2)]
@@ -391,7 +399,7 @@ class Coconut(ExtraModules, Method):
         if self.config.keep_position:
             thinking.loop.position_offset = batch.position_offset.to(device)
             if training:
-                chains = [split_chain(self.tokenizer, e, len(e.steps), self.task.step_separator)[0] for e in examples]
+                chains = [self._split(e, len(e.steps))[0] for e in examples]
                 self.extras["step_tokens"].record(examples, chains)
         logits, _ = extend(self.model, thinking.loop, batch.continuation_ids.to(device),
                            batch.continuation_mask.to(device))
