@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="the under-2-minute version used in CI (default: off)")
     demo.add_argument("--seed", type=seed, default=0, help="seed (default: 0)")
+    demo.add_argument("--task", choices=["parity", "multiplication"], default="parity",
+                      help="parity: 16 bits, where coconut matches CoT; multiplication: 2x2, where it does not "
+                           "(default: parity)")
     return parser
 
 
@@ -319,7 +322,7 @@ def cmd_inspect(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick, seed=args.seed)
+    run_demo(Path(args.out), quick=args.quick, seed=args.seed, task_name=args.task)
     return 0
 
 
