@@ -52,7 +52,6 @@ def test_remembered_tokenization_cuts_chains_as_a_fresh_one(base):
     assert len(method._chain_memo) == len(THREE)
 
 
-
 def test_stage_k_replaces_the_first_k_steps_and_labels_only_the_language_after_eot(base):
     method = make(base, "coconut", c=2, stages=2, steps_per_stage=3)
     tokenizer, special = method.tokenizer, thought_token_ids(method.tokenizer)

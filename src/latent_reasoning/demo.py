@@ -25,6 +25,7 @@ LATENT = {"first_stage": 1, "c": 1, "lr_schedule": "constant", "warmup_steps": 0
 # accuracy (bench/results/latro-multiplication-2x2-lr1e-5.jsonl).
 LATRO = {"batch_size": 8, "lr": 1e-5, "rollouts": 8, "rationale_tokens": 24, "lora": False, "warmup_steps": 0}
 SELF_CONSISTENCY = {"decoding": "self-consistency", "samples": 5, "temperature": 0.7}
+TWO_STAGES = {"first_stage": 1, "c": 1, "stages": 2, "steps_per_stage": 100, "steps": 200, "warmup_steps": 0}
 
 # Per task: the model, the data sizes, and (label, method trained or None, its keys, the model it starts from /
 # answers with). Steps and stages are the full run's; QUICK shrinks them for CI.
@@ -47,15 +48,13 @@ DEMOS = {
             ("no-cot", "no-cot", {"steps": 800}, None),
             ("cot", "cot", {"steps": 800}, None),
             ("cot-sc", None, SELF_CONSISTENCY, "cot"),
-            ("coconut", "coconut", {"first_stage": 1, "c": 1, "stages": 2, "steps_per_stage": 100, "steps": 200,
-                                    "warmup_steps": 0}, "cot"),
-            ("slr", "slr", {"first_stage": 1, "c": 1, "stages": 2, "steps_per_stage": 100, "steps": 200,
-                            "warmup_steps": 0}, "cot"),
+            ("coconut", "coconut", TWO_STAGES, "cot"),
+            ("slr", "slr", TWO_STAGES, "cot"),
             ("latro", "latro", {**LATRO, "steps": 40}, "cot"),
         ],
     },
 }
-QUICK = {"train_size": 1000, "eval_n": 40, "batch_size": 16}  # and every run at most QUICK_STEPS steps
+QUICK = {"train_size": 1000, "eval_n": 40, "batch_size": 16}  # and each run's steps shrunk by quick_keys
 
 
 def quick_keys(keys: dict) -> dict:
