@@ -162,6 +162,50 @@ def test_kept_positions_give_the_language_after_the_latent_span_its_cot_position
             1 + 1 + ("reserve_slots" in option) + p.generated_tokens for p in predictions]
 
 
+def test_without_markers_thoughts_take_their_steps_slots_and_the_last_thought_predicts_the_language(base):
+    example = THREE[0]
+    method = make(base, "coconut", c=1, stages=2, steps_per_stage=1, markers=False, keep_position=True)
+    method.model.eval()  # no dropout: the references below read the same numbers
+    tokenizer, special = method.tokenizer, thought_token_ids(method.tokenizer)
+    question = ids(tokenizer, example.question + "\n")
+    chain = ids(tokenizer, "\n".join(example.steps + [f"#### {example.answer}"])) + [tokenizer.eos_token_id]
+    for step in range(4):
+        positions, batch, plan = continuation_positions(method, example, step)
+        removed, rest = split_chain(tokenizer, example, plan.latent_steps)
+        sequence, labels = batch.sequence(0, special.latent)
+        assert sequence == question + [special.latent] * plan.thoughts + rest + [tokenizer.eos_token_id]
+        assert labels == [-100] * (len(question) + plan.thoughts) + rest + [tokenizer.eos_token_id]
+        assert positions == [len(question) + len(removed) + i for i in range(len(rest) + 1)], step
+    # stage 0 is the CoT sequence, and its loss the CoT token loss
+    loss, _ = method.loss([example], 0)
+    with torch.no_grad():
+        logits = method.model(input_ids=torch.tensor([question + chain])).logits[0]
+    targets = torch.tensor([-100] * len(question) + chain)
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(logits[:-1], targets[1:], ignore_index=-100),
+                               atol=1e-4, rtol=0)
+    # stage 1: the state after the question is read in step 1's slot, and its pass predicts what follows
+    plain = make(base, "coconut", c=1, stages=2, steps_per_stage=1, markers=False)
+    plain.model.eval()
+    loss, _ = plain.loss([example], 1)
+    _, rest = split_chain(tokenizer, example, 1)
+    embed = plain.model.get_input_embeddings()
+    with torch.no_grad():
+        h = plain.model(input_ids=torch.tensor([question]), output_hidden_states=True).hidden_states[-1][:, -1:]
+        inputs = torch.cat([embed(torch.tensor([question])), h, embed(torch.tensor([rest + chain[-1:]]))], dim=1)
+        logits = plain.model(inputs_embeds=inputs).logits[0]
+    targets = torch.tensor([-100] * (len(question) + 1) + rest + chain[-1:])
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(logits[:-1], targets[1:], ignore_index=-100),
+                               atol=1e-4, rtol=0)
+    # answering: no <eot> is fed, so the first answer token costs no pass of its own
+    for sampling in ({}, dict(decoding="self-consistency", samples=3)):
+        answering = make(base, "coconut", c=1, stages=2, eval_thoughts=1, markers=False, **sampling)
+        predictions = answering.answer(THREE[:2])
+        assert [p.forward_passes for p in predictions] == [1 + 1 + p.generated_tokens - (3 if sampling else 1)
+                                                            for p in predictions]
+    with pytest.raises(ConfigError, match="reserve_slots"):
+        methods.get("coconut").Config(markers=False, reserve_slots=True).check()
+
+
 def test_examples_with_fewer_steps_than_the_stage_pad_like_coconut_or_cap(base):
     padded = make(base, "coconut", c=2, stages=4, steps_per_stage=1)
     capped = make(base, "coconut", c=2, stages=4, steps_per_stage=1, pad_thoughts=False)

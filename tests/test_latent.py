@@ -101,10 +101,13 @@ def test_batched_loop_matches_full_recomputation(model, feedback):
         lengths = [len(p) + n + len(c) for p, n, c in zip(PROMPTS, N_THOUGHTS, CONTINUATIONS)]
         assert state.next_position.tolist() == lengths
         for b, (prompt, n, cont) in enumerate(zip(PROMPTS, N_THOUGHTS, CONTINUATIONS)):
-            thoughts, ref_logits, _ = reference(model, prompt, n, cont, feedback)
+            thoughts, ref_logits, embeds = reference(model, prompt, n, cont, feedback)
             torch.testing.assert_close(state.thoughts[b, :n], thoughts, atol=ATOL, rtol=0)
             assert not state.thoughts[b, n:].any()
             torch.testing.assert_close(logits[b, : len(cont)], ref_logits, atol=ATOL, rtol=0)
+            # the loop's logits are each example's own after its last thought (its prompt, with none)
+            last = model(inputs_embeds=embeds[:, : len(prompt) + n]).logits[0, -1]
+            torch.testing.assert_close(state.logits[b], last, atol=ATOL, rtol=0)
 
 
 def test_identity_feedback_equals_no_feedback_and_other_feedback_differs(model):

@@ -78,7 +78,8 @@ class LoopResult:
                      T is the number of thought passes made (n_thoughts.max(), or less if all halted).
     n_thoughts:      [B] long, the thoughts each example actually used.
     forward_passes:  forward passes made so far, for the whole batch (prefill + thoughts + extensions).
-    logits:          [B, V] the next-token logits of the last pass (what a prompt with no thoughts predicts).
+    logits:          [B, V] each example's next-token logits after its last slot (its last thought, or its
+                     prompt if it has none): what decoding without an end-of-thought token starts from.
     position_offset: [B] long or None, added to the position ids of every slot read after the loop.
     """
 
@@ -155,6 +156,7 @@ def thought_loop(
     mask = prompt_mask.long()
     out = _forward(model, prompt, mask, cache, hidden=True)
     hidden = out.hidden_states[-1][:, -1]
+    logits = out.logits[:, -1]
     previous = hidden
     halted = torch.zeros(batch, dtype=torch.bool, device=mask.device)
     thoughts = []
@@ -172,13 +174,14 @@ def thought_loop(
         out = _forward(model, x.unsqueeze(1), mask, cache, hidden=True)
         thoughts.append(torch.where(active.unsqueeze(1), x, torch.zeros_like(x)))
         previous, hidden = hidden, out.hidden_states[-1][:, -1]
+        logits = torch.where(active.unsqueeze(1), out.logits[:, -1], logits)
     return LoopResult(
         past_key_values=cache,
         attention_mask=mask,
         thoughts=torch.stack(thoughts, 1) if thoughts else hidden.new_zeros(batch, 0, hidden.shape[-1]),
         n_thoughts=mask[:, prompt_mask.shape[1] :].sum(-1),
         forward_passes=1 + len(thoughts),
-        logits=out.logits[:, -1],
+        logits=logits,
     )
 
 

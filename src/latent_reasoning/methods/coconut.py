@@ -56,6 +56,10 @@ on tasks whose steps have a fixed length). `reserve_slots=true` gives every exam
 from stage 0 on: the first n are thoughts, the other c K - n hold the <latent> token's embedding
 (pause tokens), so the thoughts take over slots that were always there and <eot> never moves
 (with keep_position as well, the pauses move with the language after them).
+`markers=false` (ours) drops <bot> and <eot>: each thought sits in the slot of the step it replaces,
+the pass over the last thought (over the prompt, with none) predicts the first token of the language,
+and stage 0 is the CoT sequence itself. A thought is then read where the CoT model read the token
+it stands for, with no marker between the last thought and the step after it.
 
 From the paper's epochs to our optimizer steps: steps_per_stage = epochs_per_stage x
 ceil(N_train / (batch_size x grad_accum x processes)). The paper trains with 128 examples per step
@@ -123,12 +127,15 @@ class CoconutConfig(MethodConfig):
     eval_thoughts: int | None = None  # thoughts at answer time; default c * stages
     keep_position: bool = False  # what follows <eot> keeps its plain-CoT position ids (module docstring)
     reserve_slots: bool = False  # c * stages slots from stage 0; those not yet thoughts hold <latent> tokens
+    markers: bool = True  # <bot> before the thoughts, <eot> after; false: thoughts sit where their steps were
 
     positive_keys = MethodConfig.positive_keys + ("c", "merge_steps", "stages", "steps_per_stage")
 
     def check(self) -> None:
         if self.mix_probability > 1.0:
             raise ConfigError(f"mix_probability={self.mix_probability}: must lie in [0, 1]")
+        if self.reserve_slots and not self.markers:
+            raise ConfigError("reserve_slots=true needs markers=true: the <eot> after the slots is what stays put")
 
 
 @dataclass
@@ -327,11 +334,11 @@ class Coconut(ExtraModules, Method):
     def _split(self, example: Example, k: int) -> tuple[list[int], list[int]]:
         return split_chain(self.tokenizer, example, k, self.task.step_separator, memo=self._chain_memo)
 
-    @staticmethod
-    def kept_offset(removed, thoughts, pauses):
-        """keep_position: what moves <eot> from its place after the question, <bot>, thoughts and pauses
-        (q + 1 + thoughts + pauses) to q + removed - 1, where the CoT sequence had the last replaced token."""
-        return removed - thoughts - pauses - 2
+    def kept_offset(self, removed, thoughts, pauses):
+        """keep_position: what moves the language after the latent span from its place after the question,
+        <bot>, thoughts, pauses and <eot> (q + 2 + thoughts + pauses) to q + removed, where the CoT sequence
+        had it (without markers: from q + thoughts)."""
+        return removed - thoughts - pauses - (2 if self.config.markers else 0)
 
     def reserved_slots(self) -> int:
         return self.config.c * self.config.stages if self.config.reserve_slots else 0
@@ -345,14 +352,15 @@ class Coconut(ExtraModules, Method):
         for example, plan in zip(examples, plans):
             pauses = [self.tokens.latent] * max(self.reserved_slots() - plan.thoughts, 0)
             chain, rest = self._split(example, plan.latent_steps)
-            continuation = pauses + [self.tokens.eot] + rest + [self.tokenizer.eos_token_id]
+            eot = [self.tokens.eot] if self.config.markers else []
+            continuation = pauses + eot + rest + [self.tokenizer.eos_token_id]
             budget = max(self.config.max_length - plan.thoughts, 3)
             continuation = continuation[: max(budget - 1, len(pauses) + 2)]
             room = max(budget - len(continuation) - 1, 0)
             question = self._ids(prompt_text(example))
-            prompts.append((question[-room:] if room else []) + [self.tokens.bot])
+            prompts.append((question[-room:] if room else []) + ([self.tokens.bot] if self.config.markers else []))
             continuations.append(continuation)
-            given.append(len(pauses) + 1)
+            given.append(len(pauses) + len(eot))
             offsets.append(self.kept_offset(len(chain), plan.thoughts, len(pauses)) if self.config.keep_position else 0)
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
@@ -410,7 +418,11 @@ class Coconut(ExtraModules, Method):
         plans = self.plans(examples, step)
         batch, thinking, logits = self.read(examples, plans, training=True)
         labels = batch.labels.to(self.device)
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        if self.config.markers:  # <eot> is given: its logits predict the first token of the language
+            predicted, labels = logits[:, :-1], labels[:, 1:]
+        else:  # the last thought (or the prompt, with none) predicts it
+            predicted = torch.cat([thinking.loop.logits.unsqueeze(1), logits[:, :-1]], dim=1)
+        ce = F.cross_entropy(predicted.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         extra, metrics = self.extra_losses(examples, plans, batch, thinking)
         metrics.update({
             "ce": float(ce.detach()),
@@ -458,7 +470,7 @@ class Coconut(ExtraModules, Method):
         return self.config.c * stage
 
     def prompts(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded "question\\n<bot>" ids and mask on the model's device."""
+        """Left-padded "question\\n<bot>" ids (no <bot> without markers) and mask on the model's device."""
         plans = [Plan(stage=0, latent_steps=0, thoughts=0)] * len(examples)
         batch = self.encode(examples, plans)
         return batch.prompt_ids.to(self.device), batch.prompt_mask.to(self.device)
@@ -493,9 +505,12 @@ class Coconut(ExtraModules, Method):
         if k > 1:  # the k samples of a question share its prefill and thoughts
             loop.past_key_values.batch_repeat_interleave(k)
             loop.attention_mask = loop.attention_mask.repeat_interleave(k, dim=0)
+            loop.logits = loop.logits.repeat_interleave(k, dim=0)
             if loop.position_offset is not None:
                 loop.position_offset = loop.position_offset.repeat_interleave(k)
-        first = torch.full((len(examples) * k,), self.tokens.eot, dtype=torch.long, device=self.device)
+        # with markers <eot> is fed first; without, the last thought's logits pick the first token
+        first = (torch.full((len(examples) * k,), self.tokens.eot, dtype=torch.long, device=self.device)
+                 if self.config.markers else None)
         decoded = decode(self.model, loop, first, self.config.max_new_tokens, self.tokenizer.eos_token_id,
                          temperature=self.config.temperature if sampling else 0.0,
                          pad_token_id=self.tokenizer.pad_token_id)
@@ -511,8 +526,9 @@ class Coconut(ExtraModules, Method):
             predictions.append(Prediction(
                 text=samples[chosen],
                 answer=self.parse(samples[chosen]),
-                # prefill, one per thought, one for the pauses if any, one per decoded token
-                forward_passes=1 + n_thoughts[i] + (pauses > 0) + sum(cost),
+                # prefill, one per thought, one for the pauses if any, one per decoded token (without
+                # markers a sample's first token comes from the last thought's pass)
+                forward_passes=1 + n_thoughts[i] + (pauses > 0) + sum(cost) - (0 if self.config.markers else k),
                 generated_tokens=sum(cost),
                 thoughts=[round(x, 4) for x in norms],
             ))
