@@ -15,11 +15,13 @@ from .run import make_run, train
 
 # The embedded default: 16-bit parity on a 1M-parameter Llama. Answering directly, a small transformer stays at
 # chance; CoT writes the 16 running parities and learns the task in about 250 steps; coconut starts from the CoT
-# model and turns the running parities into continuous thoughts one a stage, each thought also trained to spell its
-# own step (step_weight), positions kept (bench/results/parity-16-latent.jsonl: 99-100% on 3 seeds).
+# model and turns the running parities into continuous thoughts one a stage, each thought in the slot of the parity
+# it replaces (markers=false: no <bot>/<eot>) and also trained to spell its own step (step_weight). With the markers
+# one seed of two ended in the mid-curriculum dip; without, both CoT models tried stay at 100% from stage 4 on, at
+# batch 128 and at 64 (bench/results/parity-16-markers-probe.txt).
 # "multiplication" is the earlier demo: 2x2 multiplication on tiny-5m, where coconut and slr stay near no-CoT.
 LATENT = {"first_stage": 1, "c": 1, "lr_schedule": "constant", "warmup_steps": 0, "reset_optimizer": False,
-          "keep_position": True, "step_weight": 1.0}
+          "keep_position": True, "step_weight": 1.0, "markers": False}
 # cot-sc answers with the cot model; latent methods train from the cot checkpoint; latro fine-tunes the cot model
 # on its own sampled rationales, at the small budget and the lowest learning rate tried, which lost the least
 # accuracy (bench/results/latro-multiplication-2x2-lr1e-5.jsonl).
@@ -37,8 +39,9 @@ DEMOS = {
             ("no-cot", "no-cot", {"steps": 300, "lr": 1e-3}, None),
             ("cot", "cot", {"steps": 300, "lr": 1e-3}, None),
             ("cot-sc", None, SELF_CONSISTENCY, "cot"),
-            # 16 stages of 50 steps, then 50 with every step latent (bench/results/parity-16-coconut-probe.txt)
-            ("coconut", "coconut", {**LATENT, "stages": 16, "steps_per_stage": 50, "steps": 850, "lr": 3e-4}, "cot"),
+            # 16 stages of 50 steps; the 16th makes every step latent (bench/results/parity-16-markers-probe.txt)
+            ("coconut", "coconut", {**LATENT, "stages": 16, "steps_per_stage": 50, "steps": 800, "lr": 3e-4,
+                                    "batch_size": 64}, "cot"),
         ],
     },
     "multiplication": {
@@ -60,6 +63,8 @@ QUICK = {"train_size": 1000, "eval_n": 40, "batch_size": 16}  # and each run's s
 def quick_keys(keys: dict) -> dict:
     """A run's keys shrunk for --quick: a few steps, every curriculum stage still visited."""
     keys = dict(keys)
+    if "batch_size" in keys:
+        keys["batch_size"] = min(keys["batch_size"], QUICK["batch_size"])
     if "steps" not in keys:
         return keys
     if "stages" in keys:
