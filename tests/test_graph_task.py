@@ -7,6 +7,7 @@ import pytest
 
 from latent_reasoning import tasks
 from latent_reasoning.cli import main
+from latent_reasoning.methods.base import chain_text
 from latent_reasoning.tasks import DataError, Example
 from latent_reasoning.tasks.graph import NAMES, Graph
 
@@ -52,7 +53,7 @@ def test_generation_is_deterministic_for_a_seed_and_distinct():
 
 
 @pytest.mark.parametrize("options, edge_count", SIZES)
-@pytest.mark.parametrize("chain", ["backward", "forward"])
+@pytest.mark.parametrize("chain", ["backward", "forward", "path"])
 def test_the_answer_is_reachable_from_the_root_and_the_other_option_is_not(options, edge_count, chain):
     task = Graph(chain=chain, **options)
     for example in task.generate(200, seed=1):
@@ -90,15 +91,27 @@ def test_both_chains_are_paths_of_the_graph():
                 assert (walked[-1] == root) == (first == example.answer)
 
 
+def test_a_path_names_the_nodes_of_the_forward_chain_one_a_step():
+    forward = Graph(chain="forward", nodes=20, hops=4, branches=2).generate(50, seed=5)
+    path = Graph(chain="path", nodes=20, hops=4, branches=2).generate(50, seed=5)
+    for walked, named in zip(forward, path):
+        assert walked.question == named.question and walked.answer == named.answer
+        assert named.steps == [" " + step.split()[-1] for step in walked.steps]
+
+
 def test_first_default_problem_matches_the_docstring():
     example = Graph().generate(1, seed=0)[0]
     assert example.question in tasks.graph.__doc__
     assert example.steps == ["- ra from boz", "- boz from baz", "- baz from bek"] and example.answer == "ra"
     assert Graph(chain="forward").generate(1, seed=0)[0].steps == ["- bek to baz", "- baz to boz", "- boz to ra"]
+    path = Graph(chain="path")
+    example = path.generate(1, seed=0)[0]
+    assert example.steps == [" baz", " boz", " ra"]
+    assert chain_text(example, path.step_separator) == " baz boz ra#### ra" and path.grade(" baz boz ra#### ra", example)
 
 
 def test_save_then_load_gives_the_examples_back(tmp_path):
-    for chain in ("backward", "forward"):
+    for chain in ("backward", "forward", "path"):
         task = Graph(chain=chain, nodes=18, hops=4)
         examples = task.generate(40, seed=2)
         path = tmp_path / f"{chain}.txt"
@@ -159,7 +172,7 @@ def test_every_node_name_is_one_token_and_steps_use_the_question_tokens():
     ({"branches": -1}, "branches must be an integer of at least 0"),
     ({"nodes": 9}, "nodes=9 is too few for hops=3 and branches=1: need at least"),
     ({"nodes": 9, "branches": 0}, "one node left over"),
-    ({"chain": "sideways"}, "chain must be 'backward' or 'forward'"),
+    ({"chain": "sideways"}, "chain must be 'backward', 'forward' or 'path'"),
     ({"symbols": 10}, "symbols=10 must be at least nodes=16"),
     ({"symbols": 10_000}, "symbols=10000"),
     ({"nodes": "16"}, "nodes must be an integer"),

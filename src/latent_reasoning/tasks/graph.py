@@ -15,8 +15,11 @@ The answer is the reachable option's name, here "ra". The gold steps, one per ho
         root (bek), the first option is the answer, else the other.
     chain="forward": the path from the root to the answer, "- <parent> to <child>" per step, as in
         ProsQA: "- bek to baz", "- baz to boz", "- boz to ra".
+    chain="path": the same path as one token a step, the node reached (" baz", " boz", " ra"), the
+        steps written one after another on one line (`step_separator` ""): " baz boz ra#### ra". As
+        the symbolic graphs COCONUT's small-scale studies use, a step is one node.
 
-Each step starts with "-" so that every node name is written after a space everywhere (the
+Each step starts with "-" (or, on a path, a space) so that every node name is written after a space everywhere (the
 question starts with "|" for the same reason): the word-level tokenizer gives a word at the start
 of a line a different token from the same word after a space, and a step should name a node with
 the same token the question uses.
@@ -68,7 +71,7 @@ NAMES = _names()
 
 NAME = r"[a-z]+"
 QUESTION = re.compile(rf"((?:\| {NAME} {NAME} )+)\. from ({NAME}) : ({NAME}) or ({NAME}) \?")
-STEP = re.compile(rf"- ({NAME}) (from|to) ({NAME})")
+STEP = re.compile(rf"- ({NAME}) (from|to) ({NAME})| {NAME}")
 
 
 class Graph(Task):
@@ -81,8 +84,8 @@ class Graph(Task):
                                      ("symbols", symbols, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"graph {option} must be an integer of at least {least}, got {value!r}")
-        if chain not in ("backward", "forward"):
-            raise ValueError(f"graph chain must be 'backward' or 'forward', got {chain!r}")
+        if chain not in ("backward", "forward", "path"):
+            raise ValueError(f"graph chain must be 'backward', 'forward' or 'path', got {chain!r}")
         smallest = 2 * (1 + hops + branches)  # two trees: top, chain of `hops`, one node per dead end
         if nodes < smallest:
             raise ValueError(f"graph nodes={nodes} is too few for hops={hops} and branches={branches}: "
@@ -94,6 +97,8 @@ class Graph(Task):
             raise ValueError(f"graph symbols={symbols} must be at least nodes={nodes} and at most {len(NAMES)} "
                              f"(the names available)")
         self.nodes, self.hops, self.branches, self.chain, self.symbols = nodes, hops, branches, chain, symbols
+        if chain == "path":
+            self.step_separator = ""  # each step carries its own leading space
 
     # ---- loading and grading -----------------------------------------------------------------------
     def parse_file(self, path: Path, skip_bad: bool = False) -> list[Example]:
@@ -125,6 +130,8 @@ class Graph(Task):
         question = f"{facts} . from {names[root]} : {options[0]} or {options[1]} ?"
         if self.chain == "forward":
             steps = [f"- {names[node - 1]} to {names[node]}" for node in range(1, self.hops + 1)]
+        elif self.chain == "path":
+            steps = [f" {names[node]}" for node in range(1, self.hops + 1)]
         else:
             parent_of = {v: u for u, v in edges}
             steps, node = [], options[0]
@@ -178,7 +185,7 @@ def parse_line(line: str) -> Example:
     meta = question_meta(question, steps)
     for step in steps:
         if STEP.fullmatch(step) is None:
-            raise ValueError(f"step {step!r}: expected '- <child> from <parent>' or '- <parent> to <child>'")
+            raise ValueError(f"step {step!r}: expected '- <child> from <parent>', '- <parent> to <child>' or ' <node>'")
     if answer not in meta["options"]:
         raise ValueError(f"answer {answer!r} is neither option {meta['options']}")
     return Example(question, steps, answer, meta)
