@@ -36,6 +36,9 @@ RESULTS = [
      "methods": ["icot-lr3e-4", "coconut-step-lr3e-4", "slr-step-lr3e-4"],
      "names": {"icot-lr3e-4": "icot", "coconut-step-lr3e-4": "coconut + step_weight",
                "slr-step-lr3e-4": "slr + step_weight"}},
+    {"file": "bench/results/parity-16-markers.jsonl", "task": "parity, 16 bits (500 held out)",
+     "methods": ["cot", "coconut-markers-false"],
+     "names": {"cot": "cot (lr 1e-3)", "coconut-markers-false": "coconut + step_weight, markers=false"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
