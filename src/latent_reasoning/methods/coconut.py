@@ -344,7 +344,8 @@ class Coconut(ExtraModules, Method):
         return self.config.c * self.config.stages if self.config.reserve_slots else 0
 
     def encode(self, examples: list[Example], plans: list[Plan]) -> LatentBatch:
-        """Prompts "question\\n<bot>" (left-padded) and continuations "[pauses] <eot> rest <eos>" (right-padded).
+        """Prompts "question\\n<bot>" (left-padded) and continuations "[pauses] <eot> rest <eos>" (right-padded);
+        without markers "question\\n" and "rest <eos>".
 
         A sequence longer than max_length keeps its continuation's start and its prompt's end (<bot> always).
         """
