@@ -39,6 +39,9 @@ RESULTS = [
     {"file": "bench/results/parity-16-markers.jsonl", "task": "parity, 16 bits (500 held out)",
      "methods": ["cot", "coconut-markers-false"],
      "names": {"cot": "cot (lr 1e-3)", "coconut-markers-false": "coconut + step_weight, markers=false"}},
+    {"file": "bench/results/graph-h3-path.jsonl", "task": "graph search, 3 hops, one node a step (500 held out)",
+     "names": {"coconut-markers-false": "coconut + step_weight, markers=false",
+               "coconut-markers": "coconut + step_weight (markers)", "slr-markers-false": "slr + step_weight, markers=false"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"

@@ -1,5 +1,5 @@
-"""Print a markdown table of bench/accuracy.py rows: per variant, accuracy over seeds and cost per answer.
-The seeds column names the seeds, in the order of the per-seed accuracies.
+"""Print a markdown table of bench/accuracy.py rows (or hand-run rows labelled by an "arm"): per variant,
+accuracy over seeds and cost per answer. The seeds column names the seeds, in the order of the per-seed accuracies.
 
     python bench/summarize.py bench/results/latent-multiplication-2x2.jsonl
 """
@@ -15,7 +15,7 @@ def main() -> None:
     rows = [json.loads(line) for path in sys.argv[1:] for line in open(path) if line.strip()]
     by_method: dict[str, list[dict]] = {}
     for row in rows:
-        by_method.setdefault(row["method"], []).append(row)
+        by_method.setdefault(row.get("arm") or row["method"], []).append(row)
     print("| variant | seeds | accuracy mean | std | per seed | forward passes | generated tokens | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for method, group in by_method.items():
