@@ -40,7 +40,7 @@ RESULTS = [
      "methods": ["cot", "coconut-markers-false"],
      "names": {"cot": "cot (lr 1e-3)", "coconut-markers-false": "coconut + step_weight, markers=false"}},
     {"file": "bench/results/graph-h3-path.jsonl", "task": "graph search, 3 hops, one node a step (500 held out)",
-     "names": {"coconut-markers-false": "coconut + step_weight, markers=false",
+     "names": {"cot-more": "cot, +800 steps at lr 3e-4", "coconut-markers-false": "coconut + step_weight, markers=false",
                "coconut-markers": "coconut + step_weight (markers)", "slr-markers-false": "slr + step_weight, markers=false"}},
 ]
 
