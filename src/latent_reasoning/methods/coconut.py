@@ -350,16 +350,16 @@ class Coconut(ExtraModules, Method):
         A sequence longer than max_length keeps its continuation's start and its prompt's end (<bot> always).
         """
         prompts, continuations, given, offsets = [], [], [], []
+        bot, eot = ([self.tokens.bot], [self.tokens.eot]) if self.config.markers else ([], [])
         for example, plan in zip(examples, plans):
             pauses = [self.tokens.latent] * max(self.reserved_slots() - plan.thoughts, 0)
             chain, rest = self._split(example, plan.latent_steps)
-            eot = [self.tokens.eot] if self.config.markers else []
             continuation = pauses + eot + rest + [self.tokenizer.eos_token_id]
             budget = max(self.config.max_length - plan.thoughts, 3)
             continuation = continuation[: max(budget - 1, len(pauses) + 2)]
             room = max(budget - len(continuation) - 1, 0)
             question = self._ids(prompt_text(example))
-            prompts.append((question[-room:] if room else []) + ([self.tokens.bot] if self.config.markers else []))
+            prompts.append((question[-room:] if room else []) + bot)
             continuations.append(continuation)
             given.append(len(pauses) + len(eot))
             offsets.append(self.kept_offset(len(chain), plan.thoughts, len(pauses)) if self.config.keep_position else 0)
