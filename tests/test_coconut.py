@@ -117,6 +117,31 @@ def test_step_decoding_loss_is_each_latent_steps_cross_entropy_read_from_its_own
     assert "step_ce" not in make(base, "coconut", c=2, stages=2, steps_per_stage=1).loss(examples, 2)[1]
 
 
+def test_merged_steps_decode_all_their_steps_or_only_the_last(base):
+    """step_decode=last: a thought standing for g steps spells only the last of them (the chain's state)."""
+    examples = THREE[:2]  # 3 steps each: merged by 2 into [s1 s2, s3]
+    decoded = {}
+    for target in ("all", "last"):
+        method = make(base, "coconut", c=1, stages=2, steps_per_stage=1, merge_steps=2, step_weight=1.0,
+                      step_decode=target)
+        method.model.eval()
+        merged = method.merged(examples)
+        method.on_step(3)  # the last stage: both merged steps latent, 2 thoughts
+        _, thinking, _ = method.read(merged, method.plans(merged, 3), training=True)
+        embed, losses = method.model.get_input_embeddings(), []
+        for b, example in enumerate(examples):
+            texts = ([method.task.step_separator.join(example.steps[:2]), example.steps[2]] if target == "all"
+                     else [example.steps[1], example.steps[2]])
+            for i, text in enumerate(texts):
+                step = torch.tensor(ids(method.tokenizer, text))
+                inputs = torch.cat([thinking.loop.thoughts[b, i : i + 1], embed(step)]).unsqueeze(0)
+                logits = method.model(inputs_embeds=inputs).logits[0]
+                losses.append(-F.log_softmax(logits[:-1], -1).gather(1, step.unsqueeze(1)).squeeze(1))
+        decoded[target] = method.step_decoding(merged, thinking.loop)
+        assert torch.allclose(decoded[target], torch.cat(losses).mean(), atol=1e-5), target
+    assert not torch.allclose(decoded["all"], decoded["last"])
+
+
 def continuation_positions(method, example, step):
     """The position ids the model received for the continuation ([pauses] <eot> rest <eos>) at `step`."""
     method.on_step(step)
@@ -204,6 +229,65 @@ def test_without_markers_thoughts_take_their_steps_slots_and_the_last_thought_pr
                                                             for p in predictions]
     with pytest.raises(ConfigError, match="reserve_slots"):
         methods.get("coconut").Config(markers=False, reserve_slots=True).check()
+
+
+def thought_positions(method, examples, step):
+    """The position ids each thought pass received at `step` (one list per pass) and the training loss."""
+    method.on_step(step)
+    seen = []
+    hook = method.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"].tolist()), with_kwargs=True)
+    try:
+        loss, _ = method.loss(examples, step)
+    finally:
+        hook.remove()
+    return seen, loss
+
+
+def test_without_markers_kept_positions_put_each_thought_on_its_steps_last_token(base):
+    """A step of several tokens done in one thought is done where the CoT model finished it."""
+    example = THREE[0]  # 3 steps of several tokens each
+    method = make(base, "coconut", c=1, stages=3, steps_per_stage=1, markers=False, keep_position=True)
+    method.model.eval()
+    tokenizer = method.tokenizer
+    question = ids(tokenizer, example.question + "\n")
+    q = len(question)
+    ends = [len(split_chain(tokenizer, example, i + 1)[0]) for i in range(3)]
+    assert ends[0] > 1  # multi-token steps: the layout differs from one slot per thought
+    seen, loss = thought_positions(method, [example], 2)
+    assert [passed[0] for passed in seen[1:3]] == [[q + ends[0] - 1], [q + ends[1] - 1]]
+    assert seen[3][0][0] == q + ends[1]  # the language after: its CoT positions
+    # the stage-1 loss against a hand-laid sequence: question, h on step 1's last slot, the rest after it
+    _, loss = thought_positions(method, [example], 1)
+    _, rest = split_chain(tokenizer, example, 1)
+    rest = rest + [tokenizer.eos_token_id]
+    embed = method.model.get_input_embeddings()
+    with torch.no_grad():
+        h = method.model(input_ids=torch.tensor([question]), output_hidden_states=True).hidden_states[-1][:, -1:]
+        inputs = torch.cat([embed(torch.tensor([question])), h, embed(torch.tensor([rest]))], dim=1)
+        positions = list(range(q)) + [q + ends[0] - 1] + [q + ends[0] + i for i in range(len(rest))]
+        logits = method.model(inputs_embeds=inputs, position_ids=torch.tensor([positions])).logits[0]
+    targets = torch.tensor([-100] * (q + 1) + rest)
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(logits[:-1], targets[1:], ignore_index=-100),
+                               atol=1e-4, rtol=0)
+    # several thoughts a step sit on the step's last tokens, never before the previous one; padding follows on
+    assert method.thought_offsets([4, 8], 3) == [3, 6, 6]
+    two = make(base, "coconut", c=2, stages=3, markers=False, keep_position=True)
+    assert two.thought_offsets([4, 8], 4) == [2, 2, 4, 4] and two.thought_offsets([1, 2], 4) == [0, 0, 0, 0]
+    # answering: thoughts at the training mean of the steps' ends (this one example's)
+    answering = make(base, "coconut", c=1, stages=2, eval_thoughts=2, markers=False, keep_position=True)
+    answering.on_step(0)
+    answering.loss([example], 0)  # records the example's step tokens
+    answering.stage = None  # trained: every step latent
+    seen = []
+    hook = answering.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"].tolist()), with_kwargs=True)
+    try:
+        answering.answer([example])
+    finally:
+        hook.remove()
+    mean = answering.extras["step_tokens"].expected
+    assert [passed[0] for passed in seen[1:3]] == [[q + mean(1) - 1], [q + mean(2) - 1]]
 
 
 def test_examples_with_fewer_steps_than_the_stage_pad_like_coconut_or_cap(base):

@@ -130,6 +130,7 @@ def thought_loop(
     feedback: Feedback | None = None,
     before_step: BeforeStep | None = None,
     halt: Halt | None = None,
+    thought_offsets: torch.Tensor | None = None,
 ) -> LoopResult:
     """Prefill the prompt, then run the continuous-thought loop, one forward pass per thought.
 
@@ -144,7 +145,9 @@ def thought_loop(
     Example b takes part in pass t while t < n_thoughts[b] and it has not halted; otherwise its slot
     gets mask 0. Before pass t >= 1 (if some example would take part), `halt(h_t, h_{t-1}, t)` may
     stop examples after t thoughts; once every example has stopped the loop ends early.
-    `before_step(t)` runs before pass t. Works with gradients (training through the loop) and under torch.no_grad.
+    `before_step(t)` runs before pass t. `thought_offsets` [B, T] long, where given, moves each example's
+    thought t from the position id of its running count of real slots (prompt tokens + t) by
+    thought_offsets[b, t]. Works with gradients (training through the loop) and under torch.no_grad.
     """
     if prompt_mask.shape[0] and not bool(prompt_mask[:, -1].all()):
         raise ValueError("prompts must be left-padded: the last column of prompt_mask must be all ones")
@@ -171,7 +174,8 @@ def thought_loop(
             before_step(t)
         x = hidden if feedback is None else feedback(hidden, t)
         mask = torch.cat([mask, active.long().unsqueeze(1)], dim=1)
-        out = _forward(model, x.unsqueeze(1), mask, cache, hidden=True)
+        offset = None if thought_offsets is None else thought_offsets[:, t]
+        out = _forward(model, x.unsqueeze(1), mask, cache, hidden=True, offset=offset)
         thoughts.append(torch.where(active.unsqueeze(1), x, torch.zeros_like(x)))
         previous, hidden = hidden, out.hidden_states[-1][:, -1]
         logits = torch.where(active.unsqueeze(1), out.logits[:, -1], logits)

@@ -30,7 +30,9 @@ arXiv 2509.20317, which finds COCONUT's latents collapse beyond a few thoughts w
 
 over every example b and latent step i, the decoder being the model itself run on those c thought
 vectors followed by the step's tokens (SIM-CoT trains a separate auxiliary decoder; sharing the
-weights is our choice). Nothing changes at answer time. With `mix_probability` p an example
+weights is our choice). Under merge_steps, s_i is the g steps' joined text, or with `step_decode=last` only
+the last of them (the state the chain has reached: for parity, the running parity a thought must pass on).
+Nothing changes at answer time. With `mix_probability` p an example
 trains, with probability p, at a stage drawn uniformly from 0 .. m instead (COCONUT's
 "uniform_prob" mixing). With `reset_optimizer` the AdamW moments are cleared at each stage change.
 
@@ -59,7 +61,11 @@ from stage 0 on: the first n are thoughts, the other c K - n hold the <latent> t
 `markers=false` (ours) drops <bot> and <eot>: each thought sits in the slot of the step it replaces,
 the pass over the last thought (over the prompt, with none) predicts the first token of the language,
 and stage 0 is the CoT sequence itself. A thought is then read where the CoT model read the token
-it stands for, with no marker between the last thought and the step after it.
+it stands for, with no marker between the last thought and the step after it. With keep_position as
+well, a thought also takes the position id of its step's last token (of the last of the g steps it
+stands for under merge_steps), so that a step of several tokens, or several steps, done in one pass
+is done at the place where the CoT model finished them (at answer time the ends are the training
+mean, as r above).
 
 From the paper's epochs to our optimizer steps: steps_per_stage = epochs_per_stage x
 ceil(N_train / (batch_size x grad_accum x processes)). The paper trains with 128 examples per step
@@ -118,6 +124,7 @@ class CoconutConfig(MethodConfig):
     c: int = 1  # continuous thoughts per replaced reasoning step
     merge_steps: int = 1  # gold steps that form one curriculum step (replaced together by c thoughts)
     step_weight: float = 0.0  # weight of decoding each latent step from its own thoughts (SIM-CoT; docstring)
+    step_decode: str = choices("all", "last", default="all")  # under merge_steps: decode the g steps, or the last
     stages: int = 3  # K, the last stage that replaces steps one by one; stage K + 1 makes every step latent
     steps_per_stage: int = 100  # optimizer steps per stage (see the module docstring for the paper's epochs)
     first_stage: int = 0  # the stage at step 0 (1 when starting from a CoT checkpoint, as COCONUT's GSM8K run)
@@ -210,6 +217,7 @@ class LatentBatch:
     labels                      [B, C] the continuation's ids, -100 on pauses, <eot> and padding;
                                 logits[:, i] (after reading continuation token i) is scored against labels[:, i + 1]
     position_offset             [B] added to the continuation's position ids (keep_position; else zeros)
+    thought_offsets             [B, T] added to each thought's position id (keep_position without markers)
     """
 
     prompt_ids: torch.Tensor
@@ -219,6 +227,7 @@ class LatentBatch:
     continuation_mask: torch.Tensor
     labels: torch.Tensor
     position_offset: torch.Tensor
+    thought_offsets: torch.Tensor | None = None
 
     def sequence(self, b: int, latent_id: int) -> tuple[list[int], list[int]]:
         """Example b as one sequence, <latent> standing for each thought, and its labels (as COCONUT lays it out)."""
@@ -309,7 +318,8 @@ class Coconut(ExtraModules, Method):
         if g == 1:
             return examples
         return [Example(e.question, [separator.join(e.steps[i : i + g]) for i in range(0, len(e.steps), g)],
-                        e.answer, e.meta) for e in examples]
+                        e.answer, {**e.meta, "last_steps": e.steps[g - 1 :: g] + e.steps[len(e.steps) // g * g :][-1:]})
+                for e in examples]
 
     def plans(self, examples: list[Example], step: int) -> list[Plan]:
         """The scheduled stage for each example, or with `mix_probability` a stage drawn from 0 .. len(steps).
@@ -340,6 +350,23 @@ class Coconut(ExtraModules, Method):
         had it (without markers: from q + thoughts)."""
         return removed - thoughts - pauses - (2 if self.config.markers else 0)
 
+    def thought_offsets(self, ends: list[int], thoughts: int) -> list[int]:
+        """keep_position without markers: how far each thought's position id moves from q + t so that it sits
+        on the last token of the step it stands for (a step's c thoughts on its last c tokens), never on or
+        before the previous thought; thoughts beyond the latent steps (padding) follow on. ends[i]: the chain
+        tokens through latent step i."""
+        c, offsets, previous = self.config.c, [], -1
+        for t in range(thoughts):
+            i = t // c
+            place = ends[i] - c + t % c if i < len(ends) else previous + 1
+            previous = max(place, previous + 1)
+            offsets.append(previous - t)
+        return offsets
+
+    @property
+    def thoughts_in_place(self) -> bool:
+        return self.config.keep_position and not self.config.markers
+
     def reserved_slots(self) -> int:
         return self.config.c * self.config.stages if self.config.reserve_slots else 0
 
@@ -349,7 +376,7 @@ class Coconut(ExtraModules, Method):
 
         A sequence longer than max_length keeps its continuation's start and its prompt's end (<bot> always).
         """
-        prompts, continuations, given, offsets = [], [], [], []
+        prompts, continuations, given, offsets, thought_offsets = [], [], [], [], []
         bot, eot = ([self.tokens.bot], [self.tokens.eot]) if self.config.markers else ([], [])
         for example, plan in zip(examples, plans):
             pauses = [self.tokens.latent] * max(self.reserved_slots() - plan.thoughts, 0)
@@ -363,6 +390,9 @@ class Coconut(ExtraModules, Method):
             continuations.append(continuation)
             given.append(len(pauses) + len(eot))
             offsets.append(self.kept_offset(len(chain), plan.thoughts, len(pauses)) if self.config.keep_position else 0)
+            if self.thoughts_in_place:
+                ends = [len(self._split(example, i + 1)[0]) for i in range(plan.latent_steps)]
+                thought_offsets.append(self.thought_offsets(ends, plan.thoughts))
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -374,8 +404,11 @@ class Coconut(ExtraModules, Method):
         for b, n in enumerate(given):
             labels[b, :n] = -100  # pauses and <eot> are given, never predicted (as COCONUT's <eot>)
         n_thoughts = torch.tensor([plan.thoughts for plan in plans])
+        width = int(n_thoughts.max()) if len(plans) else 0
+        placed = (torch.tensor([row + [0] * (width - len(row)) for row in thought_offsets])
+                  if self.thoughts_in_place else None)
         return LatentBatch(prompt_ids, prompt_mask, n_thoughts, continuation_ids, continuation_mask, labels,
-                           torch.tensor(offsets))
+                           torch.tensor(offsets), placed)
 
 
     # -- hooks of the loop (SLR overrides) ---------------------------------------------------------
@@ -386,12 +419,13 @@ class Coconut(ExtraModules, Method):
     def end_loop(self) -> None:
         """Called once the thought passes are over, before any language is read (e.g. to switch adapters off)."""
 
-    def run_loop(self, prompt_ids, prompt_mask, n_thoughts, training: bool) -> Thinking:
+    def run_loop(self, prompt_ids, prompt_mask, n_thoughts, training: bool, thought_offsets=None) -> Thinking:
         hooks = self.loop_hooks(training)
         capture = _Capture(self.model)
         try:
             with capture:
-                loop = thought_loop(self.model, prompt_ids, prompt_mask, n_thoughts, **hooks)
+                loop = thought_loop(self.model, prompt_ids, prompt_mask, n_thoughts, thought_offsets=thought_offsets,
+                                    **hooks)
         finally:
             self.end_loop()
         return Thinking(loop, capture.stacked())
@@ -403,8 +437,9 @@ class Coconut(ExtraModules, Method):
         self._extras_on_device()
         batch = self.encode(examples, plans)
         device = self.device
+        placed = batch.thought_offsets.to(device) if batch.thought_offsets is not None else None
         thinking = self.run_loop(batch.prompt_ids.to(device), batch.prompt_mask.to(device),
-                                 batch.n_thoughts.to(device), training=training)
+                                 batch.n_thoughts.to(device), training=training, thought_offsets=placed)
         if self.config.keep_position:
             thinking.loop.position_offset = batch.position_offset.to(device)
             if training:
@@ -445,7 +480,9 @@ class Coconut(ExtraModules, Method):
     def step_decoding(self, examples: list[Example], loop: LoopResult) -> torch.Tensor | None:
         """Mean token cross-entropy of every latent step decoded by the model from its c thoughts alone."""
         c, device = self.config.c, self.device
-        rows = [(b, i, self._ids(example.steps[i])) for b, example in enumerate(examples)
+        last = self.config.step_decode == "last" and self.config.merge_steps > 1
+        rows = [(b, i, self._ids(example.meta["last_steps"][i] if last else example.steps[i]))
+                for b, example in enumerate(examples)
                 for i in range(min(len(example.steps), int(loop.n_thoughts[b]) // c))]
         if not rows:
             return None
@@ -482,7 +519,13 @@ class Coconut(ExtraModules, Method):
         self._extras_on_device()
         prompt_ids, prompt_mask = self.prompts(examples)
         n = self.eval_thoughts() if n_thoughts is None else n_thoughts
-        return self.run_loop(prompt_ids, prompt_mask, n, training=False)
+        placed = None
+        if self.thoughts_in_place:  # the steps' token ends are not known for a new question: their training mean
+            step_tokens = self.extras["step_tokens"]
+            ends = [step_tokens.expected(i + 1) for i in range(math.ceil(n / self.config.c))]
+            placed = torch.tensor(self.thought_offsets(ends, n), dtype=torch.long, device=self.device)
+            placed = placed.expand(len(examples), -1)
+        return self.run_loop(prompt_ids, prompt_mask, n, training=False, thought_offsets=placed)
 
     @torch.no_grad()
     def answer(self, examples: list[Example]) -> list[Prediction]:
