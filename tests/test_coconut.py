@@ -11,7 +11,7 @@ from latent_reasoning import checkpoint, methods, tasks
 from latent_reasoning.backbones import load_backbone, thought_token_ids
 from latent_reasoning.config import ConfigError
 from latent_reasoning.inspect_thoughts import inspect
-from latent_reasoning.methods.base import split_chain
+from latent_reasoning.methods.base import split_chain, step_ends
 from latent_reasoning.methods.coconut import Plan
 from latent_reasoning.run import build_method, load_method, make_run, texts_of
 from latent_reasoning.trainer import Trainer
@@ -252,11 +252,12 @@ def test_without_markers_kept_positions_put_each_thought_on_its_steps_last_token
     tokenizer = method.tokenizer
     question = ids(tokenizer, example.question + "\n")
     q = len(question)
-    ends = [len(split_chain(tokenizer, example, i + 1)[0]) for i in range(3)]
-    assert ends[0] > 1  # multi-token steps: the layout differs from one slot per thought
+    through = [len(split_chain(tokenizer, example, i + 1)[0]) for i in range(3)]  # with each step's newline
+    ends = step_ends(tokenizer, example, "\n")  # up to each step's last word
+    assert ends == [n - 1 for n in through] and ends[0] > 1  # multi-token steps, each closed by a newline token
     seen, loss = thought_positions(method, [example], 2)
     assert [passed[0] for passed in seen[1:3]] == [[q + ends[0] - 1], [q + ends[1] - 1]]
-    assert seen[3][0][0] == q + ends[1]  # the language after: its CoT positions
+    assert seen[3][0][0] == q + through[1]  # the language after: its CoT positions
     # the stage-1 loss against a hand-laid sequence: question, h on step 1's last slot, the rest after it
     _, loss = thought_positions(method, [example], 1)
     _, rest = split_chain(tokenizer, example, 1)
@@ -265,7 +266,7 @@ def test_without_markers_kept_positions_put_each_thought_on_its_steps_last_token
     with torch.no_grad():
         h = method.model(input_ids=torch.tensor([question]), output_hidden_states=True).hidden_states[-1][:, -1:]
         inputs = torch.cat([embed(torch.tensor([question])), h, embed(torch.tensor([rest]))], dim=1)
-        positions = list(range(q)) + [q + ends[0] - 1] + [q + ends[0] + i for i in range(len(rest))]
+        positions = list(range(q)) + [q + ends[0] - 1] + [q + through[0] + i for i in range(len(rest))]
         logits = method.model(inputs_embeds=inputs, position_ids=torch.tensor([positions])).logits[0]
     targets = torch.tensor([-100] * (q + 1) + rest)
     torch.testing.assert_close(loss.detach(), F.cross_entropy(logits[:-1], targets[1:], ignore_index=-100),
@@ -286,7 +287,8 @@ def test_without_markers_kept_positions_put_each_thought_on_its_steps_last_token
         answering.answer([example])
     finally:
         hook.remove()
-    mean = answering.extras["step_tokens"].expected
+    mean = answering.extras["step_tokens"].expected_end
+    assert mean(3) == ends[2]  # one example seen: through all its steps, its own end
     assert [passed[0] for passed in seen[1:3]] == [[q + mean(1) - 1], [q + mean(2) - 1]]
 
 
@@ -521,3 +523,10 @@ def test_config_errors_name_the_key(values, named, choice):
         make_run({**base_values, **values})
     if choice:
         assert choice in str(error.value)
+
+
+def test_step_counts_saved_before_the_trailing_count_still_load(base):
+    method = make(base, "coconut", keep_position=True)
+    method.load_extra_state({"step_tokens.count": torch.tensor([2.0, 6.0, 12.0], dtype=torch.float64)})
+    assert method.extras["step_tokens"].count.tolist() == [2.0, 6.0, 12.0, 0.0]
+    assert method.extras["step_tokens"].expected_end(3) == 6  # 3 steps of 2 tokens, nothing after the last

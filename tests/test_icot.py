@@ -87,7 +87,7 @@ def test_partly_removed_chain_layout_labels_and_kept_positions(base):
 def test_kept_positions_at_answer_time_equal_a_full_recomputation(base):
     method = make(base, keep_position=True, max_new_tokens=5)
     method.model.eval()
-    method.step_tokens.count = torch.tensor([4.0, 24.0, 48.0], dtype=torch.float64)  # chains of 12 tokens seen in training
+    method.step_tokens.count = torch.tensor([4.0, 24.0, 48.0, 0.0], dtype=torch.float64)  # chains of 12 tokens seen in training
     examples = EXAMPLES[:3]
     predictions = method.answer(examples)
     tokenizer = method.tokenizer

@@ -67,23 +67,38 @@ class Batch:
 
 
 class StepTokens(nn.Module):
-    """Counts the training examples seen, their gold steps and the steps' tokens (a buffer, so
-    checkpoints keep it): under keep_position, the tokens an answer's latent steps stand for."""
+    """Counts the training examples seen, their gold steps, the steps' tokens and the tokens after the last
+    step's own text (its separator; a buffer, so checkpoints keep it): under keep_position, the tokens an
+    answer's latent steps stand for, and where each of those steps' text ends."""
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("count", torch.zeros(3, dtype=torch.float64))  # [examples, steps, tokens]
+        self.register_buffer("count", torch.zeros(4, dtype=torch.float64))  # [examples, steps, tokens, trailing]
 
-    def record(self, examples: list[Example], chains: list[list[int]]) -> None:
-        seen = [len(examples), sum(len(e.steps) for e in examples), sum(map(len, chains))]
+    def record(self, examples: list[Example], chains: list[list[int]], trailing: list[int] | None = None) -> None:
+        seen = [len(examples), sum(len(e.steps) for e in examples), sum(map(len, chains)), sum(trailing or [])]
         self.count += torch.tensor(seen, dtype=torch.float64, device=self.count.device)
 
     def expected(self, latent_steps: int | None) -> int:
         """Mean tokens of `latent_steps` steps; None: of a whole chain (every step latent)."""
-        examples, steps, tokens = self.count.tolist()
+        examples, steps, tokens, _ = self.count.tolist()
         if not steps:
             return 0
         return round(tokens / examples) if latent_steps is None else round(latent_steps * tokens / steps)
+
+    def expected_end(self, steps_through: int) -> int:
+        """Mean chain tokens up to the end of step `steps_through`'s own text (step_ends, on average)."""
+        examples, steps, tokens, trailing = self.count.tolist()
+        if not steps:
+            return 0
+        return round(steps_through * tokens / steps - trailing / examples)
+
+    @staticmethod
+    def upgraded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A saved state whose step counts predate the trailing-token count (3 entries) with that count at 0."""
+        return {key: torch.cat([value, value.new_zeros(1)])
+                if key.split(".")[-2:] in (["count"], ["step_tokens", "count"]) and value.numel() == 3 else value
+                for key, value in state.items()}
 
 
 def prompt_text(example: Example) -> str:
@@ -105,6 +120,25 @@ def split_chain(tokenizer, example: Example, k: int, separator: str = "\n",
     (steps 1..k with their separators, the rest). Tokenized as one text, so the rest is exactly what
     a CoT model reads there; a token holding the separator and the next step's start (a word-level
     "▁1") goes with the rest. `memo` (a dict the caller keeps) tokenizes each chain once across calls."""
+    ids, ends = _chain_tokens(tokenizer, example, separator, memo)
+    boundary = sum(len(step) + len(separator) for step in example.steps[:k])
+    cut = sum(1 for end in ends if end <= boundary)
+    return ids[:cut], ids[cut:]
+
+
+def step_ends(tokenizer, example: Example, separator: str = "\n", memo: dict | None = None) -> list[int]:
+    """For each gold step, how many chain tokens end at or before the end of its own text (its separator
+    not counted): the token that finishes step i is number step_ends[i] - 1 of the chain."""
+    _, ends = _chain_tokens(tokenizer, example, separator, memo)
+    out, boundary = [], 0
+    for step in example.steps:
+        out.append(sum(1 for end in ends if end <= boundary + len(step)))
+        boundary += len(step) + len(separator)
+    return out
+
+
+def _chain_tokens(tokenizer, example: Example, separator: str, memo: dict | None) -> tuple[list[int], list[int]]:
+    """The CoT target's ids and each token's end offset in its text, tokenized once per text with a memo."""
     text = chain_text(example, separator)
     encoded = memo.get(text) if memo is not None else None
     if encoded is None:
@@ -112,10 +146,7 @@ def split_chain(tokenizer, example: Example, k: int, separator: str = "\n",
         encoded = (tokens["input_ids"], [end for _, end in tokens["offset_mapping"]])
         if memo is not None:
             memo[text] = encoded
-    ids, ends = encoded
-    boundary = sum(len(step) + len(separator) for step in example.steps[:k])
-    cut = sum(1 for end in ends if end <= boundary)
-    return ids[:cut], ids[cut:]
+    return encoded
 
 
 def pair_ids(tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], list[int]]:
@@ -279,6 +310,7 @@ class ExtraModules:
         """Load saved extras; an empty state (e.g. a `cot` checkpoint to start from) keeps the initial ones."""
         if not state:
             return
+        state = StepTokens.upgraded(state)
         own = self.extras.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:

@@ -113,7 +113,7 @@ from ..config import ConfigError, choices
 from ..latent import LoopResult, decode, extend, thought_loop
 from ..tasks import Example
 from .base import (ExtraModules, Method, MethodConfig, Prediction, StepTokens, chain_text, majority_vote, pad_pairs,
-                   prompt_text, split_chain)
+                   prompt_text, split_chain, step_ends)
 
 
 # ---- configuration -------------------------------------------------------------------------------
@@ -354,7 +354,8 @@ class Coconut(ExtraModules, Method):
         """keep_position without markers: how far each thought's position id moves from q + t so that it sits
         on the last token of the step it stands for (a step's c thoughts on its last c tokens), never on or
         before the previous thought; thoughts beyond the latent steps (padding) follow on. ends[i]: the chain
-        tokens through latent step i."""
+        tokens through the text of latent step i (step_ends: its separator after it not counted, so a thought
+        sits where the CoT model read the step's last word, e.g. the node a graph step arrives at)."""
         c, offsets, previous = self.config.c, [], -1
         for t in range(thoughts):
             i = t // c
@@ -391,8 +392,8 @@ class Coconut(ExtraModules, Method):
             given.append(len(pauses) + len(eot))
             offsets.append(self.kept_offset(len(chain), plan.thoughts, len(pauses)) if self.config.keep_position else 0)
             if self.thoughts_in_place:
-                ends = [len(self._split(example, i + 1)[0]) for i in range(plan.latent_steps)]
-                thought_offsets.append(self.thought_offsets(ends, plan.thoughts))
+                ends = step_ends(self.tokenizer, example, self.task.step_separator, self._chain_memo)
+                thought_offsets.append(self.thought_offsets(ends[: plan.latent_steps], plan.thoughts))
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -444,7 +445,9 @@ class Coconut(ExtraModules, Method):
             thinking.loop.position_offset = batch.position_offset.to(device)
             if training:
                 chains = [self._split(e, len(e.steps))[0] for e in examples]
-                self.extras["step_tokens"].record(examples, chains)
+                ends = [step_ends(self.tokenizer, e, self.task.step_separator, self._chain_memo) for e in examples]
+                trailing = [len(chain) - end[-1] for chain, end in zip(chains, ends) if end]
+                self.extras["step_tokens"].record(examples, chains, trailing)
         logits, _ = extend(self.model, thinking.loop, batch.continuation_ids.to(device),
                            batch.continuation_mask.to(device))
         return batch, thinking, logits
@@ -522,7 +525,7 @@ class Coconut(ExtraModules, Method):
         placed = None
         if self.thoughts_in_place:  # the steps' token ends are not known for a new question: their training mean
             step_tokens = self.extras["step_tokens"]
-            ends = [step_tokens.expected(i + 1) for i in range(math.ceil(n / self.config.c))]
+            ends = [step_tokens.expected_end(i + 1) for i in range(math.ceil(n / self.config.c))]
             placed = torch.tensor(self.thought_offsets(ends, n), dtype=torch.long, device=self.device)
             placed = placed.expand(len(examples), -1)
         return self.run_loop(prompt_ids, prompt_mask, n, training=False, thought_offsets=placed)

@@ -90,7 +90,7 @@ class ICoT(Method):
         if unexpected:
             raise ValueError(f"method 'icot': unexpected extras in the checkpoint: {unexpected}")
         if state:
-            self.step_tokens.load_state_dict(state)
+            self.step_tokens.load_state_dict(StepTokens.upgraded(state))
 
     # -- the schedule -------------------------------------------------------------------------------
     def removed_at(self, step: int) -> int:
