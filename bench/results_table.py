@@ -42,6 +42,9 @@ RESULTS = [
     {"file": "bench/results/graph-h3-path.jsonl", "task": "graph search, 3 hops, one node a step (500 held out)",
      "names": {"cot-more": "cot, +800 steps at lr 3e-4", "coconut-markers-false": "coconut + step_weight, markers=false",
                "coconut-markers": "coconut + step_weight (markers)", "slr-markers-false": "slr + step_weight, markers=false"}},
+    {"file": "bench/results/graph-h3-forward.jsonl", "task": "graph search, 3 hops, edges as steps (500 held out)",
+     "names": {"coconut-markers-false": "coconut + step_weight, markers=false",
+               "slr-markers-false": "slr + step_weight, markers=false"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
