@@ -45,6 +45,10 @@ RESULTS = [
     {"file": "bench/results/graph-h3-forward.jsonl", "task": "graph search, 3 hops, edges as steps (500 held out)",
      "names": {"coconut-markers-false": "coconut + step_weight, markers=false",
                "slr-markers-false": "slr + step_weight, markers=false"}},
+    {"file": "bench/results/graph-h6-forward.jsonl", "task": "graph search, 6 hops, edges as steps (500 held out)",
+     "names": {"coconut-markers-false": "coconut + step_weight, markers=false",
+               "coconut-stopped": "coconut, seed 0 (stopped at step 400: stuck from stage 2)",
+               "coconut-more": "coconut, seed 2 + 400 steps at the last stage"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
