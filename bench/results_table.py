@@ -39,6 +39,8 @@ RESULTS = [
     {"file": "bench/results/parity-16-markers.jsonl", "task": "parity, 16 bits (500 held out)",
      "methods": ["cot", "coconut-markers-false"],
      "names": {"cot": "cot (lr 1e-3)", "coconut-markers-false": "coconut + step_weight, markers=false"}},
+    {"file": "bench/results/parity-16-merge2.jsonl", "task": "parity, 16 bits (500 held out)",
+     "names": {"coconut-merge2": "coconut, two steps a thought (merge_steps=2)"}},
     {"file": "bench/results/graph-h3-path.jsonl", "task": "graph search, 3 hops, one node a step (500 held out)",
      "names": {"cot-more": "cot, +800 steps at lr 3e-4", "coconut-markers-false": "coconut + step_weight, markers=false",
                "coconut-markers": "coconut + step_weight (markers)", "slr-markers-false": "slr + step_weight, markers=false"}},
@@ -48,7 +50,8 @@ RESULTS = [
     {"file": "bench/results/graph-h6-forward.jsonl", "task": "graph search, 6 hops, edges as steps (500 held out)",
      "names": {"coconut-markers-false": "coconut + step_weight, markers=false",
                "coconut-stopped": "coconut, seed 0 (stopped at step 400: stuck from stage 2)",
-               "coconut-more": "coconut, seed 2 + 400 steps at the last stage"}},
+               "coconut-more": "coconut, seed 2 + 400 steps at the last stage",
+               "coconut-more-lr3e-4": "coconut, seed 2 + 400 steps at the last stage at lr 3e-4"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
