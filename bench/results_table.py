@@ -51,7 +51,7 @@ RESULTS = [
      "names": {"coconut-markers-false": "coconut + step_weight, markers=false",
                "coconut-stopped": "coconut, seed 0 (stopped at step 400: stuck from stage 2)",
                "coconut-more": "coconut, seed 2 + 400 steps at the last stage",
-               "coconut-more-lr3e-4": "coconut, seed 2 + 400 steps at the last stage at lr 3e-4"}},
+               "coconut-more-lr3e-4": "coconut + 400 steps at the last stage at lr 3e-4"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
