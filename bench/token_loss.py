@@ -31,12 +31,7 @@ def main() -> None:
     examples = method.merged(examples)
     plans = [method.plan(example, args.stage) for example in examples]
     with torch.no_grad():
-        batch, thinking, logits = method.read(examples, plans, training=False)
-        labels = batch.labels.to(logits.device)
-        if method.config.markers:
-            predicted, labels = logits[:, :-1], labels[:, 1:]
-        else:
-            predicted = torch.cat([thinking.loop.logits.unsqueeze(1), logits[:, :-1]], dim=1)
+        predicted, labels = method.predicted(*method.read(examples, plans, training=False))
         ce = F.cross_entropy(predicted.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none")
         ce = ce.view(labels.shape)
     first = int((labels[0] != -100).nonzero()[0])

@@ -97,7 +97,7 @@ class StepTokens(nn.Module):
     def upgraded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A saved state whose step counts predate the trailing-token count (3 entries) with that count at 0."""
         return {key: torch.cat([value, value.new_zeros(1)])
-                if key.split(".")[-2:] in (["count"], ["step_tokens", "count"]) and value.numel() == 3 else value
+                if (key == "count" or key.endswith("step_tokens.count")) and value.numel() == 3 else value
                 for key, value in state.items()}
 
 

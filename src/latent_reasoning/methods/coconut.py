@@ -317,9 +317,12 @@ class Coconut(ExtraModules, Method):
         g, separator = self.config.merge_steps, self.task.step_separator
         if g == 1:
             return examples
-        return [Example(e.question, [separator.join(e.steps[i : i + g]) for i in range(0, len(e.steps), g)],
-                        e.answer, {**e.meta, "last_steps": e.steps[g - 1 :: g] + e.steps[len(e.steps) // g * g :][-1:]})
-                for e in examples]
+        merged = []
+        for e in examples:
+            starts = range(0, len(e.steps), g)
+            merged.append(Example(e.question, [separator.join(e.steps[i : i + g]) for i in starts], e.answer,
+                                  {**e.meta, "last_steps": [e.steps[min(i + g, len(e.steps)) - 1] for i in starts]}))
+        return merged
 
     def plans(self, examples: list[Example], step: int) -> list[Plan]:
         """The scheduled stage for each example, or with `mix_probability` a stage drawn from 0 .. len(steps).
@@ -377,7 +380,7 @@ class Coconut(ExtraModules, Method):
 
         A sequence longer than max_length keeps its continuation's start and its prompt's end (<bot> always).
         """
-        prompts, continuations, given, offsets, thought_offsets = [], [], [], [], []
+        prompts, continuations, given, offsets, placements = [], [], [], [], []
         bot, eot = ([self.tokens.bot], [self.tokens.eot]) if self.config.markers else ([], [])
         for example, plan in zip(examples, plans):
             pauses = [self.tokens.latent] * max(self.reserved_slots() - plan.thoughts, 0)
@@ -393,7 +396,7 @@ class Coconut(ExtraModules, Method):
             offsets.append(self.kept_offset(len(chain), plan.thoughts, len(pauses)) if self.config.keep_position else 0)
             if self.thoughts_in_place:
                 ends = step_ends(self.tokenizer, example, self.task.step_separator, self._chain_memo)
-                thought_offsets.append(self.thought_offsets(ends[: plan.latent_steps], plan.thoughts))
+                placements.append(self.thought_offsets(ends[: plan.latent_steps], plan.thoughts))
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -406,7 +409,7 @@ class Coconut(ExtraModules, Method):
             labels[b, :n] = -100  # pauses and <eot> are given, never predicted (as COCONUT's <eot>)
         n_thoughts = torch.tensor([plan.thoughts for plan in plans])
         width = int(n_thoughts.max()) if len(plans) else 0
-        placed = (torch.tensor([row + [0] * (width - len(row)) for row in thought_offsets])
+        placed = (torch.tensor([row + [0] * (width - len(row)) for row in placements])
                   if self.thoughts_in_place else None)
         return LatentBatch(prompt_ids, prompt_mask, n_thoughts, continuation_ids, continuation_mask, labels,
                            torch.tensor(offsets), placed)
@@ -456,11 +459,7 @@ class Coconut(ExtraModules, Method):
         examples = self.merged(examples)
         plans = self.plans(examples, step)
         batch, thinking, logits = self.read(examples, plans, training=True)
-        labels = batch.labels.to(self.device)
-        if self.config.markers:  # <eot> is given: its logits predict the first token of the language
-            predicted, labels = logits[:, :-1], labels[:, 1:]
-        else:  # the last thought (or the prompt, with none) predicts it
-            predicted = torch.cat([thinking.loop.logits.unsqueeze(1), logits[:, :-1]], dim=1)
+        predicted, labels = self.predicted(batch, thinking, logits)
         ce = F.cross_entropy(predicted.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         extra, metrics = self.extra_losses(examples, plans, batch, thinking)
         metrics.update({
@@ -470,6 +469,14 @@ class Coconut(ExtraModules, Method):
             "tokens": float(batch.prompt_mask.sum() + batch.n_thoughts.sum() + batch.continuation_mask.sum()),
         })
         return ce + extra if extra is not None else ce, metrics
+
+    def predicted(self, batch: LatentBatch, thinking: Thinking, logits: torch.Tensor):
+        """The logits that predict each labelled token of the language after the thoughts, and those labels, aligned."""
+        labels = batch.labels.to(logits.device)
+        if self.config.markers:  # <eot> is given: its logits predict the first token of the language
+            return logits[:, :-1], labels[:, 1:]
+        # the last thought (or the prompt, with none) predicts it
+        return torch.cat([thinking.loop.logits.unsqueeze(1), logits[:, :-1]], dim=1), labels
 
     def extra_losses(self, examples, plans, batch: LatentBatch, thinking: Thinking):
         """Losses beyond the language cross-entropy: step decoding (and SLR's halting head and distillation)."""
