@@ -10,7 +10,7 @@
    (batch x mean length, no padding): in fp32, and with bf16 weights where bf16 is supported.
 3. A coconut step (ProsQA, tiny-5m, stage 3) against a plain forward + backward + AdamW over the same
    number of positions (batch x the coconut batch's prompt + thoughts + continuation width), interleaved,
-   with the trainer's AdamW and precision.
+   with the trainer's AdamW, precision and attention.
 4. A latro step (tiny-5m, 2x2 multiplication, the demo's LaTRO settings).
 
     OMP_NUM_THREADS=1 python bench/train_speed.py
@@ -37,7 +37,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before the trainer imports tqdm: n
 from latent_reasoning import tasks
 from latent_reasoning.backbones import count_parameters
 from latent_reasoning.run import build_method, make_run, texts_of
-from latent_reasoning.trainer import Bf16Weights, Trainer, adamw, bf16_supported, resolve_precision
+from latent_reasoning.trainer import Bf16Weights, Trainer, adamw, bf16_supported, resolve_attention, resolve_precision
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -77,11 +77,13 @@ class Counter:
 class BareStep:
     """A plain Hugging Face step on a copy of the model: forward with labels, backward, AdamW, on random ids.
     AdamW is torch's default (the issue's bare step, the same before and after) or, with `as_trainer`, built
-    as the trainer builds it, with the trainer's precision (to compare methods over the same optimizer and
-    arithmetic: under bf16 autocast, and with bf16 weights during the passes for bf16-weights)."""
+    as the trainer builds it, with the trainer's precision and attention (to compare methods over the same
+    optimizer and arithmetic: under bf16 autocast, and with bf16 weights during the passes for bf16-weights)."""
 
-    def __init__(self, model, dtype: torch.dtype, as_trainer: bool, precision: str = "no"):
+    def __init__(self, model, dtype: torch.dtype, as_trainer: bool, precision: str = "no", attention: str = "auto"):
         self.model = copy.deepcopy(model).to(dtype).train()
+        if as_trainer:
+            self.model.set_attn_implementation(resolve_attention(attention, self.model.device))
         make = adamw if as_trainer else torch.optim.AdamW
         self.optimizer = make(self.model.parameters(), lr=1e-5, weight_decay=0.0)
         self.precision = precision if as_trainer else "no"
@@ -107,7 +109,7 @@ def train_steps(values: dict, train_examples, warmup: int, steps: int, bare_dtyp
                     "warmup_steps": 0, **values})
     method = build_method(run, texts_of(train_examples))
     precision = resolve_precision(run.train.mixed_precision)
-    bare_steps = {dtype: BareStep(method.model, dtype, bare_as_trainer, precision) for dtype in bare_dtypes}
+    bare_steps = {dtype: BareStep(method.model, dtype, bare_as_trainer, precision, run.train.attention) for dtype in bare_dtypes}
     counter = Counter(method.model)
     starts, ends, tokens, positions, squared = [], [], [], [], []
     bare = {dtype: [] for dtype in bare_dtypes}  # (tokens, seconds) per timed step
@@ -154,7 +156,7 @@ def flops_per_step(model, result: dict) -> float:
 
 def sft_row(name: str, task_name: str, examples, batch: int, max_length: int, peaks: dict, args) -> dict:
     values = {"method": "cot", "task": task_name, "model": name, "batch_size": batch, "max_length": max_length,
-              "mixed_precision": args.precision}
+              "mixed_precision": args.precision, "attention": args.attention}
     if task_name == "multiplication":
         values["task_options"] = {"digits": 2}
     dtypes = {"fp32": torch.float32, **({"bf16_weights": torch.bfloat16} if "bf16" in peaks else {})}
@@ -162,7 +164,7 @@ def sft_row(name: str, task_name: str, examples, batch: int, max_length: int, pe
     model = result["method"].model
     flops = flops_per_step(model, result) / result["seconds"]
     row = {"row": "sft", "model": name, "task": task_name, "batch": batch, "max_length": max_length,
-           "precision": result["precision"], "threads": torch.get_num_threads(),
+           "precision": result["precision"], "attention": model.config._attn_implementation, "threads": torch.get_num_threads(),
            "s_per_step": round(result["seconds"], 3), "tokens_per_step": round(result["tokens"]), "tokens_per_s": round(result["tokens_per_s"], 1),
            "positions_per_token": round(result["positions"] / result["tokens"], 3),
            "model_gflop_per_s": round(flops / 1e9, 2)}
@@ -177,7 +179,8 @@ def sft_row(name: str, task_name: str, examples, batch: int, max_length: int, pe
 
 def coconut_row(examples, args) -> dict:
     values = {"method": "coconut", "task": "prosqa", "model": "tiny-5m", "batch_size": 16, "c": 1, "stages": 6,
-              "first_stage": 3, "steps_per_stage": 1000, "mixed_precision": args.precision}
+              "first_stage": 3, "steps_per_stage": 1000, "mixed_precision": args.precision,
+              "attention": args.attention}
     result = train_steps(values, examples, args.warmup, args.steps, bare_dtypes=[torch.float32],
                          bare_length="positions", bare_as_trainer=True)
     plain = result["bare_per_s"][torch.float32]
@@ -190,7 +193,8 @@ def coconut_row(examples, args) -> dict:
 
 def latro_row(examples, args) -> dict:
     values = {"method": "latro", "task": "multiplication", "task_options": {"digits": 2}, "model": "tiny-5m",
-              "batch_size": 8, "lr": 1e-5, "rollouts": 8, "rationale_tokens": 24, "mixed_precision": args.precision}
+              "batch_size": 8, "lr": 1e-5, "rollouts": 8, "rationale_tokens": 24, "mixed_precision": args.precision,
+              "attention": args.attention}
     result = train_steps(values, examples, args.warmup, args.steps)
     return {"row": "latro", "model": "tiny-5m", "task": "multiplication-2x2", "batch": 8, "rollouts": 8,
             "precision": result["precision"], "s_per_step": round(result["seconds"], 3),
@@ -203,6 +207,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps (SmolLM2: at most 2)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precision", default="auto", help="the trainer's mixed_precision for every row")
+    parser.add_argument("--attention", default="auto", help="the trainer's attention for every row (auto: eager on a CPU)")
     parser.add_argument("--data", default=str(SHARED_DATA), help="folder holding gsm8k/ (SmolLM2's row)")
     args = parser.parse_args()
     rows = args.rows.split(",")
@@ -223,8 +228,8 @@ def main() -> None:
         print(json.dumps(sft_row("tiny-20m", "prosqa", prosqa, 8, 512, peaks, args)), flush=True)
     if "smollm2" in rows:
         gsm8k = tasks.get("gsm8k").load(split="train", path=Path(args.data) / "gsm8k")[:400]
-        smol_args = argparse.Namespace(steps=min(args.steps, 2), warmup=1, precision=args.precision)
-        print(json.dumps(sft_row("smollm2-135m-instruct", "gsm8k", gsm8k, 4, 256, peaks, smol_args)), flush=True)
+        smol_args = argparse.Namespace(steps=min(args.steps, 2), warmup=1, precision=args.precision, attention=args.attention)
+        print(json.dumps(sft_row("smollm2-135m-instruct", "gsm8k", gsm8k, 8, 256, peaks, smol_args)), flush=True)
     if "coconut" in rows:
         print(json.dumps(coconut_row(prosqa, args)), flush=True)
     if "latro" in rows:

@@ -229,6 +229,7 @@ def test_bf16_weights_step_equals_a_bf16_copy_updated_in_fp32(tmp_path, examples
     trainer.fit()
 
     fp32_model = reference.model
+    fp32_model.set_attn_implementation("eager")  # what attention=auto picks on a CPU
     reference.model = copy.deepcopy(fp32_model)
     for parameter in reference.model.parameters():  # the parameters only: buffers (RoPE's frequencies) stay fp32
         parameter.data = parameter.data.to(torch.bfloat16)
@@ -246,3 +247,25 @@ def test_bf16_weights_step_equals_a_bf16_copy_updated_in_fp32(tmp_path, examples
         assert have.dtype == torch.float32, name
         torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.equal(before, after) for before, after in zip(initial, method.model.parameters()))  # it moved
+
+
+def test_eager_attention_gives_sdpas_loss_and_gradients_and_the_trainer_uses_it_on_a_cpu(tmp_path, examples):
+    """attention=auto trains with eager attention on a CPU (faster there under bf16); the maths is SDPA's."""
+    run = tiny_run(steps=1, warmup_steps=0, save_every=0, mixed_precision="no")
+    method = build_method(run, texts_of(examples))
+    batch = examples[:8]
+    results = {}
+    for attention in ("sdpa", "eager"):
+        method.model.set_attn_implementation(attention)
+        method.model.zero_grad(set_to_none=True)
+        loss, _ = method.loss(batch, 0)
+        loss.backward()
+        results[attention] = (loss.item(), [p.grad.clone() for p in method.model.parameters() if p.grad is not None])
+    assert results["eager"][0] == pytest.approx(results["sdpa"][0], rel=1e-5)
+    assert len(results["eager"][1]) == len(results["sdpa"][1]) > 0
+    for eager, sdpa in zip(results["eager"][1], results["sdpa"][1]):
+        torch.testing.assert_close(eager, sdpa, rtol=1e-4, atol=1e-6)
+
+    method.model.set_attn_implementation("sdpa")
+    Trainer(method, examples, run.train, tmp_path, run={}).fit()
+    assert method.model.config._attn_implementation == "eager"

@@ -45,6 +45,10 @@ class TrainConfig(Config):
     # bf16: autocast over fp32 weights; bf16-weights: autocast with the weights themselves in bf16 during the forward
     # and backward passes (AdamW still updates fp32 weights); auto: bf16-weights where the device has bf16, else no
     mixed_precision: str = choices("auto", "no", "bf16", "bf16-weights", "fp16", default="auto")
+    # auto: eager on a CPU, where torch's bf16 SDPA kernel trained 1.2-2x slower than eager's plain matmuls and fp32
+    # the same (bench/results/train_speed-attention.txt); sdpa elsewhere. sdpa keeps no L x L attention maps for
+    # the backward pass: the one to pick for long sequences on a CPU short of memory
+    attention: str = choices("auto", "eager", "sdpa", default="auto")
     eval_every: int = 0  # 0: only after the last step
     eval_size: int = 100  # held-out examples scored at each evaluation
     eval_batch_size: int = 64
@@ -67,6 +71,12 @@ def bf16_supported() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_attention(choice: str, device: torch.device) -> str:
+    if choice == "auto":
+        return "eager" if device.type == "cpu" else "sdpa"
+    return choice
 
 
 def resolve_precision(choice: str) -> str:
@@ -199,6 +209,7 @@ class Trainer:
         config, accelerator, method = self.config, self.accelerator, self.method
         self.eval_examples = eval_examples or []
         method.model.to(accelerator.device)
+        method.model.set_attn_implementation(resolve_attention(config.attention, accelerator.device))
         share_cpu(accelerator)
         set_seed(config.seed)
         optimizer = self._optimizer()
