@@ -47,3 +47,21 @@ def test_bad_options_are_named():
     for bad in (1, "16", True):
         with pytest.raises(ValueError, match="parity bits"):
             tasks.get("parity", bits=bad)
+
+
+def test_named_chain_names_each_bit_and_round_trips(tmp_path):
+    task = tasks.get("parity", bits=5, chain="named")
+    example = task.example([1, 0, 1, 1, 0])
+    assert example.question == "b1 1 b2 0 b3 1 b4 1 b5 0"
+    assert example.steps == ["b1 1 1", "b2 0 1", "b3 1 0", "b4 1 1", "b5 0 1"] and example.answer == "1"
+    assert task.step_separator == " ; " and tasks.get("parity", bits=5).step_separator == " "
+    examples = task.generate(30, seed=2)
+    path = tmp_path / "named.txt"
+    task.save(examples, path)
+    assert path.read_text().splitlines()[0].count(" ; ") == 4
+    assert task.load(path=path) == examples
+    path.write_text(path.read_text() + "b1 1 b2 0||b1 1 1 ; b2 0 0 #### 1\n")  # step 2's parity is wrong
+    with pytest.raises(DataError, match=r"named.txt, line 31: step 2 should be 'b2 0 1', found 'b2 0 0'"):
+        task.load(path=path)
+    with pytest.raises(ValueError, match="parity chain"):
+        tasks.get("parity", chain="words")

@@ -13,6 +13,15 @@ step a line, the previous step is one token back too, and a 1M-parameter model w
 after 200 steps of 128 (the xor of two looked-up bits gives no signal until both lookups form). `bits` (default 16) sets n. A model reading the chain needs one lookup per step; a model
 answering directly must compute an n-way xor in one forward pass, which a small transformer does
 not learn from scratch (see ../shared/notes/small-scale-latent.md: 50% at 16 and 24 bits).
+
+`chain="named"` writes each step as a short phrase that names the bit it reads, as ProsQA's and the
+graph task's steps are sentences: the question names every bit and each step is that name, the bit
+and the parity so far, the steps separated by " ; ":
+
+    b1 1 b2 0 b3 1||b1 1 1 ; b2 0 1 ; b3 1 0 #### 0
+
+A step then finds its bit by name rather than by distance, and is four tokens, so one continuous
+thought a step saves passes (with one token a step it costs as many as the chain).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from .base import Example, Task, read_lines
 from .exclusions import distinct_examples
 
 LINE_FORMAT = "expected '<bits>||<running parities> #### <parity>', space-separated"
+NAMED_FORMAT = "expected 'b1 <bit> b2 <bit> ..||b1 <bit> <parity> ; b2 <bit> <parity> ; .. #### <parity>'"
 
 
 class Parity(Task):
@@ -31,13 +41,17 @@ class Parity(Task):
     answer_prefix = "####"
     step_separator = " "
 
-    def __init__(self, bits: int = 16):
+    def __init__(self, bits: int = 16, chain: str = "running"):
         if not isinstance(bits, int) or isinstance(bits, bool) or bits < 2:
             raise ValueError(f"parity bits must be an integer of at least 2, got {bits!r}")
-        self.bits = bits
+        if chain not in ("running", "named"):
+            raise ValueError(f"parity chain must be 'running' or 'named', got {chain!r}")
+        self.bits, self.chain = bits, chain
+        if chain == "named":
+            self.step_separator = " ; "
 
     def parse_file(self, path: Path, skip_bad: bool = False) -> list[Example]:
-        return read_lines(path, parse_line, skip_bad)
+        return read_lines(path, parse_named_line if self.chain == "named" else parse_line, skip_bad)
 
     def grade(self, text: str, example: Example) -> bool:
         from .answers import match_digits
@@ -45,11 +59,15 @@ class Parity(Task):
         return match_digits(text, example.answer)
 
     def example(self, bits: list[int]) -> Example:
-        running, steps = 0, []
+        running, parities = 0, []
         for bit in bits:
             running ^= bit
-            steps.append(str(running))
-        return Example(" ".join(map(str, bits)), steps, str(running))
+            parities.append(running)
+        if self.chain == "named":
+            question = " ".join(f"b{i} {bit}" for i, bit in enumerate(bits, 1))
+            steps = [f"b{i} {bit} {parity}" for i, (bit, parity) in enumerate(zip(bits, parities), 1)]
+            return Example(question, steps, str(running))
+        return Example(" ".join(map(str, bits)), [str(parity) for parity in parities], str(running))
 
     def generate(self, n: int, seed: int, exclude: set[str] | None = None) -> list[Example]:
         """`n` distinct bit strings of length `bits`, uniform, never a question in `exclude`."""
@@ -62,7 +80,7 @@ class Parity(Task):
     def save(self, examples: list[Example], path: str | Path) -> None:
         with open(path, "w", encoding="utf-8") as handle:
             for example in examples:
-                handle.write(f"{example.question}||{' '.join(example.steps)} #### {example.answer}\n")
+                handle.write(f"{example.question}||{self.step_separator.join(example.steps)} #### {example.answer}\n")
 
 
 def parse_line(line: str) -> Example:
@@ -73,4 +91,21 @@ def parse_line(line: str) -> Example:
         raise ValueError(LINE_FORMAT)
     if len(steps) != len(bits):
         raise ValueError(f"{len(bits)} bits but {len(steps)} running parities; {LINE_FORMAT}")
+    return Example(question, steps, answer)
+
+
+def parse_named_line(line: str) -> Example:
+    question, bar, rest = line.rstrip().partition("||")
+    chain, marker, answer = rest.rpartition(" #### ")
+    names, bits = question.split(" ")[0::2], question.split(" ")[1::2]
+    steps = chain.split(" ; ")
+    if not bar or not marker or answer not in ("0", "1") or names != [f"b{i}" for i in range(1, len(bits) + 1)]:
+        raise ValueError(NAMED_FORMAT)
+    running = 0
+    for i, (bit, step) in enumerate(zip(bits, steps), 1):
+        running ^= bit == "1"
+        if bit not in ("0", "1") or step != f"b{i} {bit} {running:d}":
+            raise ValueError(f"step {i} should be 'b{i} {bit} {running:d}', found {step!r}; {NAMED_FORMAT}")
+    if len(steps) != len(bits):
+        raise ValueError(f"{len(bits)} bits but {len(steps)} steps; {NAMED_FORMAT}")
     return Example(question, steps, answer)
