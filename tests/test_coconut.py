@@ -11,7 +11,7 @@ from latent_reasoning import checkpoint, methods, tasks
 from latent_reasoning.backbones import load_backbone, thought_token_ids
 from latent_reasoning.config import ConfigError
 from latent_reasoning.inspect_thoughts import inspect
-from latent_reasoning.methods.base import split_chain, step_ends
+from latent_reasoning.methods.base import split_chain, step_cuts, step_ends
 from latent_reasoning.methods.coconut import Plan
 from latent_reasoning.run import build_method, load_method, make_run, texts_of
 from latent_reasoning.trainer import Trainer
@@ -530,3 +530,34 @@ def test_step_counts_saved_before_the_trailing_count_still_load(base):
     method.load_extra_state({"step_tokens.count": torch.tensor([2.0, 6.0, 12.0], dtype=torch.float64)})
     assert method.extras["step_tokens"].count.tolist() == [2.0, 6.0, 12.0, 0.0]
     assert method.extras["step_tokens"].expected_end(3) == 6  # 3 steps of 2 tokens, nothing after the last
+
+
+def test_steps_whose_length_depends_on_their_place_are_answered_at_their_own_training_ends():
+    """Named parity: 'b9 1 0' is 5 tokens with its separator, 'b10 1 0' 6 ('b10' is b, 1, 0). At answer time
+    each thought sits where its own step ended in training, and the language after it at its CoT position,
+    not at a multiple of the mean step length."""
+    task = tasks.get("parity", bits=11, chain="named")
+    examples = task.generate(8, seed=0)
+    model, tokenizer = load_backbone("tiny-1m", texts=texts_of(examples), seed=0)
+    config = methods.get("coconut").Config(c=1, stages=11, steps_per_stage=1, markers=False, keep_position=True,
+                                           max_new_tokens=4)
+    method = methods.get("coconut")(config, model, tokenizer, task)
+    thought_positions(method, examples, 10)  # stage 11: every step latent; records the steps' tokens
+    ends, cuts = step_ends(tokenizer, examples[0], " ; "), step_cuts(tokenizer, examples[0], " ; ")
+    assert ends == [5 * k - 1 for k in range(1, 10)] + [50, 56] and cuts == [5 * k for k in range(1, 10)] + [51, 57]
+    counts = method.extras["step_tokens"]
+    assert [counts.expected_end(k) for k in range(1, 12)] == ends
+    assert [counts.expected(k) for k in range(1, 12)] == cuts
+    assert round(5 * 57 / 11) != cuts[4]  # what the mean tokens a step would give
+
+    q = len(tokenizer(f"{examples[0].question}\n", add_special_tokens=False)["input_ids"])
+    seen = []
+    hook = method.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"].tolist()), with_kwargs=True)
+    method.stage = None  # trained: every step latent
+    try:
+        method.answer(examples[:1])
+    finally:
+        hook.remove()
+    assert [passed[0] for passed in seen[1:12]] == [[q + end - 1] for end in ends]
+    assert seen[12][0][0] == q + cuts[-1]  # the answer's first token: where the CoT model wrote it

@@ -68,37 +68,69 @@ class Batch:
 
 class StepTokens(nn.Module):
     """Counts the training examples seen, their gold steps, the steps' tokens and the tokens after the last
-    step's own text (its separator; a buffer, so checkpoints keep it): under keep_position, the tokens an
-    answer's latent steps stand for, and where each of those steps' text ends."""
+    step's own text (its separator), and, per step index, the chain tokens through that step and up to the end
+    of its own text (buffers, so checkpoints keep them): under keep_position, the tokens an answer's latent
+    steps stand for, and where each of those steps' text ends. Per step index because steps of one task may
+    differ in length by position (named parity: 'b9 1 0' is five tokens, 'b10 1 0' six)."""
+
+    tracked_steps = 256  # steps further on use the mean tokens a step
 
     def __init__(self):
         super().__init__()
         self.register_buffer("count", torch.zeros(4, dtype=torch.float64))  # [examples, steps, tokens, trailing]
+        # [examples with step i, their chain tokens through step i, ... up to the end of step i's text]
+        self.register_buffer("by_step", torch.zeros(3, self.tracked_steps, dtype=torch.float64))
 
-    def record(self, examples: list[Example], chains: list[list[int]], trailing: list[int] | None = None) -> None:
+    def record(self, examples: list[Example], chains: list[list[int]], trailing: list[int] | None = None,
+               cuts: list[list[int]] | None = None, ends: list[list[int]] | None = None) -> None:
+        """`cuts[j][i]`: example j's chain tokens through step i with its separator; `ends[j][i]`: up to the
+        end of step i's own text (step_ends)."""
         seen = [len(examples), sum(len(e.steps) for e in examples), sum(map(len, chains)), sum(trailing or [])]
         self.count += torch.tensor(seen, dtype=torch.float64, device=self.count.device)
+        for example_cuts, example_ends in zip(cuts or [], ends or []):
+            n = min(len(example_cuts), self.tracked_steps)
+            self.by_step[0, :n] += 1
+            self.by_step[1, :n] += torch.tensor(example_cuts[:n], dtype=torch.float64, device=self.by_step.device)
+            self.by_step[2, :n] += torch.tensor(example_ends[:n], dtype=torch.float64, device=self.by_step.device)
+
+    def _by_step(self, row: int, steps_through: int) -> float | None:
+        """The mean of by_step[row] at step `steps_through` (1-based), or None where it was never seen."""
+        if not 0 < steps_through <= self.tracked_steps or not self.by_step[0, steps_through - 1]:
+            return None
+        return float(self.by_step[row, steps_through - 1] / self.by_step[0, steps_through - 1])
 
     def expected(self, latent_steps: int | None) -> int:
-        """Mean tokens of `latent_steps` steps; None: of a whole chain (every step latent)."""
+        """Mean tokens of the first `latent_steps` steps (with their separators); None: of a whole chain."""
         examples, steps, tokens, _ = self.count.tolist()
         if not steps:
             return 0
-        return round(tokens / examples) if latent_steps is None else round(latent_steps * tokens / steps)
+        if latent_steps is None:
+            return round(tokens / examples)
+        seen = self._by_step(1, latent_steps)
+        return round(seen if seen is not None else latent_steps * tokens / steps)
 
     def expected_end(self, steps_through: int) -> int:
         """Mean chain tokens up to the end of step `steps_through`'s own text (step_ends, on average)."""
         examples, steps, tokens, trailing = self.count.tolist()
         if not steps:
             return 0
-        return round(steps_through * tokens / steps - trailing / examples)
+        seen = self._by_step(2, steps_through)
+        return round(seen if seen is not None else steps_through * tokens / steps - trailing / examples)
 
     @staticmethod
     def upgraded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A saved state whose step counts predate the trailing-token count (3 entries) with that count at 0."""
-        return {key: torch.cat([value, value.new_zeros(1)])
-                if (key == "count" or key.endswith("step_tokens.count")) and value.numel() == 3 else value
-                for key, value in state.items()}
+        """A saved state from before the per-step counts (and, older, the trailing-token count: 3 entries), with
+        those counts at 0, which answer as that checkpoint did (the mean tokens a step)."""
+        out = {}
+        for key, value in state.items():
+            if key == "count" or key.endswith("step_tokens.count"):
+                if value.numel() == 3:
+                    value = torch.cat([value, value.new_zeros(1)])
+                by_step = key[: -len("count")] + "by_step"
+                if by_step not in state:
+                    out[by_step] = value.new_zeros(3, StepTokens.tracked_steps)
+            out[key] = value
+        return out
 
 
 def prompt_text(example: Example) -> str:
@@ -124,6 +156,16 @@ def split_chain(tokenizer, example: Example, k: int, separator: str = "\n",
     boundary = sum(len(step) + len(separator) for step in example.steps[:k])
     cut = sum(1 for end in ends if end <= boundary)
     return ids[:cut], ids[cut:]
+
+
+def step_cuts(tokenizer, example: Example, separator: str = "\n", memo: dict | None = None) -> list[int]:
+    """For each gold step k, the chain tokens of steps 1..k with their separators: where split_chain cuts."""
+    _, ends = _chain_tokens(tokenizer, example, separator, memo)
+    out, boundary = [], 0
+    for step in example.steps:
+        boundary += len(step) + len(separator)
+        out.append(sum(1 for end in ends if end <= boundary))
+    return out
 
 
 def step_ends(tokenizer, example: Example, separator: str = "\n", memo: dict | None = None) -> list[int]:

@@ -113,7 +113,7 @@ from ..config import ConfigError, choices
 from ..latent import LoopResult, decode, extend, thought_loop
 from ..tasks import Example
 from .base import (ExtraModules, Method, MethodConfig, Prediction, StepTokens, chain_text, majority_vote, pad_pairs,
-                   prompt_text, split_chain, step_ends)
+                   prompt_text, split_chain, step_cuts, step_ends)
 
 
 # ---- configuration -------------------------------------------------------------------------------
@@ -449,8 +449,9 @@ class Coconut(ExtraModules, Method):
             if training:
                 chains = [self._split(e, len(e.steps))[0] for e in examples]
                 ends = [step_ends(self.tokenizer, e, self.task.step_separator, self._chain_memo) for e in examples]
+                cuts = [step_cuts(self.tokenizer, e, self.task.step_separator, self._chain_memo) for e in examples]
                 trailing = [len(chain) - end[-1] for chain, end in zip(chains, ends) if end]
-                self.extras["step_tokens"].record(examples, chains, trailing)
+                self.extras["step_tokens"].record(examples, chains, trailing, cuts, ends)
         logits, _ = extend(self.model, thinking.loop, batch.continuation_ids.to(device),
                            batch.continuation_mask.to(device))
         return batch, thinking, logits
