@@ -41,6 +41,9 @@ RESULTS = [
      "names": {"cot": "cot (lr 1e-3)", "coconut-markers-false": "coconut + step_weight, markers=false"}},
     {"file": "bench/results/parity-16-merge2.jsonl", "task": "parity, 16 bits (500 held out)",
      "names": {"coconut-merge2": "coconut, two steps a thought (merge_steps=2)"}},
+    {"file": "bench/results/parity-16-named.jsonl", "task": "parity, 16 bits, steps named ('b3 1 0'; 500 held out)",
+     "methods": ["no-cot", "cot", "cot-more", "coconut"],
+     "names": {"cot-more": "cot, seed 2 + 400 steps at lr 3e-4", "coconut": "coconut + step_weight, markers=false"}},
     {"file": "bench/results/graph-h3-path.jsonl", "task": "graph search, 3 hops, one node a step (500 held out)",
      "names": {"cot-more": "cot, +800 steps at lr 3e-4", "coconut-markers-false": "coconut + step_weight, markers=false",
                "coconut-markers": "coconut + step_weight (markers)", "slr-markers-false": "slr + step_weight, markers=false"}},
@@ -51,7 +54,8 @@ RESULTS = [
      "names": {"coconut-markers-false": "coconut + step_weight, markers=false",
                "coconut-stopped": "coconut, seed 0 (stopped at step 400: stuck from stage 2)",
                "coconut-more": "coconut, seed 2 + 400 steps at the last stage",
-               "coconut-more-lr3e-4": "coconut + 400 steps at the last stage at lr 3e-4"}},
+               "coconut-more-lr3e-4": "coconut + 400 steps at the last stage at lr 3e-4",
+               "coconut-cosine": "coconut, cosine lr over 1,800 steps (seed 2 stopped: stuck at stage 1)"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
