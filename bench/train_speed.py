@@ -204,7 +204,7 @@ def latro_row(examples, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="tiny-5m,tiny-20m,smollm2,coconut,latro")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (SmolLM2: at most 2)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precision", default="auto", help="the trainer's mixed_precision for every row")
     parser.add_argument("--attention", default="auto", help="the trainer's attention for every row (auto: eager on a CPU)")
@@ -228,7 +228,7 @@ def main() -> None:
         print(json.dumps(sft_row("tiny-20m", "prosqa", prosqa, 8, 512, peaks, args)), flush=True)
     if "smollm2" in rows:
         gsm8k = tasks.get("gsm8k").load(split="train", path=Path(args.data) / "gsm8k")[:400]
-        smol_args = argparse.Namespace(steps=min(args.steps, 2), warmup=1, precision=args.precision, attention=args.attention)
+        smol_args = argparse.Namespace(steps=args.steps, warmup=1, precision=args.precision, attention=args.attention)
         print(json.dumps(sft_row("smollm2-135m-instruct", "gsm8k", gsm8k, 8, 256, peaks, smol_args)), flush=True)
     if "coconut" in rows:
         print(json.dumps(coconut_row(prosqa, args)), flush=True)
