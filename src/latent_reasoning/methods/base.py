@@ -81,11 +81,12 @@ class StepTokens(nn.Module):
         # [examples with step i, their chain tokens through step i, ... up to the end of step i's text]
         self.register_buffer("by_step", torch.zeros(3, self.tracked_steps, dtype=torch.float64))
 
-    def record(self, examples: list[Example], chains: list[list[int]], trailing: list[int] | None = None,
-               cuts: list[list[int]] | None = None, ends: list[list[int]] | None = None) -> None:
-        """`cuts[j][i]`: example j's chain tokens through step i with its separator; `ends[j][i]`: up to the
-        end of step i's own text (step_ends)."""
-        seen = [len(examples), sum(len(e.steps) for e in examples), sum(map(len, chains)), sum(trailing or [])]
+    def record(self, examples: list[Example], chain_tokens: list[int], cuts: list[list[int]] | None = None,
+               ends: list[list[int]] | None = None) -> None:
+        """`chain_tokens[j]`: example j's chain tokens (its steps with their separators); `cuts[j][i]`: those
+        through step i (step_cuts); `ends[j][i]`: up to the end of step i's own text (step_ends)."""
+        trailing = sum(cut[-1] - end[-1] for cut, end in zip(cuts or [], ends or []) if end)
+        seen = [len(examples), sum(len(e.steps) for e in examples), sum(chain_tokens), trailing]
         self.count += torch.tensor(seen, dtype=torch.float64, device=self.count.device)
         for example_cuts, example_ends in zip(cuts or [], ends or []):
             n = min(len(example_cuts), self.tracked_steps)

@@ -447,11 +447,9 @@ class Coconut(ExtraModules, Method):
         if self.config.keep_position:
             thinking.loop.position_offset = batch.position_offset.to(device)
             if training:
-                chains = [self._split(e, len(e.steps))[0] for e in examples]
                 ends = [step_ends(self.tokenizer, e, self.task.step_separator, self._chain_memo) for e in examples]
                 cuts = [step_cuts(self.tokenizer, e, self.task.step_separator, self._chain_memo) for e in examples]
-                trailing = [len(chain) - end[-1] for chain, end in zip(chains, ends) if end]
-                self.extras["step_tokens"].record(examples, chains, trailing, cuts, ends)
+                self.extras["step_tokens"].record(examples, [cut[-1] if cut else 0 for cut in cuts], cuts, ends)
         logits, _ = extend(self.model, thinking.loop, batch.continuation_ids.to(device),
                            batch.continuation_mask.to(device))
         return batch, thinking, logits

@@ -142,7 +142,7 @@ class ICoT(Method):
 
     def loss(self, examples: list[Example], step: int):
         batch, positions, chains = self.encode(examples, self.removal_counts(examples, step))
-        self.step_tokens.record(examples, chains)
+        self.step_tokens.record(examples, [len(chain) for chain in chains])
         device = self.device
         logits = self.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                             position_ids=positions.to(device)).logits

@@ -20,8 +20,9 @@ and the parity so far, the steps separated by " ; ":
 
     b1 1 b2 0 b3 1||b1 1 1 ; b2 0 1 ; b3 1 0 #### 0
 
-A step then finds its bit by name rather than by distance, and is four tokens, so one continuous
-thought a step saves passes (with one token a step it costs as many as the chain).
+A step then finds its bit by name rather than by distance, and is several tokens (5-6 with the presets'
+word tokenizer, which splits 'b10' into b, 1, 0), so one continuous thought a step saves passes (with
+one token a step it costs as many as the chain).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def parse_line(line: str) -> Example:
 def parse_named_line(line: str) -> Example:
     question, bar, rest = line.rstrip().partition("||")
     chain, marker, answer = rest.rpartition(" #### ")
-    names, bits = question.split(" ")[0::2], question.split(" ")[1::2]
+    words = question.split(" ")
+    names, bits = words[0::2], words[1::2]
     steps = chain.split(" ; ")
     if not bar or not marker or answer not in ("0", "1") or names != [f"b{i}" for i in range(1, len(bits) + 1)]:
         raise ValueError(NAMED_FORMAT)
