@@ -500,13 +500,33 @@ def test_a_cot_checkpoint_is_a_starting_point(tmp_path):
     cot = build_method(cot_run, texts_of(TWO))
     checkpoint.write(tmp_path / "cot", cot, cot_run.describe("test"))
     run = tiny_run("slr", init_from=str(tmp_path / "cot"), first_stage=1)
-    method = build_method(run, weights=run.method_config.init_from)  # what run.train does with init_from
+    method = build_method(run)  # as run.train builds a new run with init_from
     for name, tensor in cot.model.state_dict().items():
         torch.testing.assert_close(method.model.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
     assert all(not b.detach().any() for b in method.extras["loop_lora"].B)  # extras start fresh
     assert method.plans(TWO[:1], 0) == [Plan(1, 1, 1)]
     loss, _ = method.loss(TWO[:4], 0)
     assert torch.isfinite(loss)
+
+
+def test_a_latent_checkpoint_to_start_from_gives_its_extras_but_not_its_step_counts(tmp_path):
+    """A coconut or slr run from another's checkpoint (3 hops there, 6 here) places latent answers by the step
+    means of its own training data; resuming a run keeps them."""
+    run = tiny_run("slr", steps=4, keep_position=True)
+    first = build_method(run, texts_of(TWO))
+    Trainer(first, TWO[:8], run.train, tmp_path / "first", run.describe("test")).fit()
+    saved = first.extras["step_tokens"]
+    assert saved.count[0] == 32 and saved.by_step[0, 0] == 32  # 4 batches of 8 examples recorded
+    checkpoint.write(tmp_path / "first", first, run.describe("test"))
+
+    started = build_method(tiny_run("slr", keep_position=True, init_from=str(tmp_path / "first")))
+    counts = started.extras["step_tokens"]
+    assert not counts.count.any() and not counts.by_step.any()
+    for name, tensor in first.extras.state_dict().items():
+        if not name.startswith("step_tokens."):
+            torch.testing.assert_close(started.extras.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
+    resumed = build_method(run, weights=tmp_path / "first")
+    torch.testing.assert_close(resumed.extras["step_tokens"].by_step, saved.by_step, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("values, named, choice", [

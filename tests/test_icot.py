@@ -116,6 +116,17 @@ def test_tiny_icot_run_loss_falls_while_tokens_are_removed(base, tmp_path):
     assert method.step_tokens.expected(None) == 6  # every parity-6 chain is 6 tokens
 
 
+def test_an_icot_checkpoints_counts_load_back(base):
+    trained = make(base, keep_position=True)
+    trained.loss(EXAMPLES[:8], step=0)  # records the 8 chains
+    state = trained.extra_state()
+    assert set(state) == {"count", "by_step"} and state["count"][0] == 8
+    loaded = make(base, keep_position=True)
+    loaded.load_extra_state(state)
+    assert loaded.step_tokens.count.tolist() == state["count"].tolist()
+    assert loaded.step_tokens.expected(None) == 6
+
+
 def test_config_rejects_bad_values():
     for bad in (dict(tokens_per_removal=0), dict(steps_per_removal=0), dict(smoothing_lambda=-1.0),
                 dict(first_removed=-1), dict(decoding="self-consistency")):

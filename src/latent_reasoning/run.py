@@ -24,7 +24,7 @@ import yaml
 from . import backbones, checkpoint, methods, tasks
 from .config import Config, ConfigError, read_yaml, unknown_key
 from .evaluate import evaluate
-from .methods.base import chain_text, prompt_text
+from .methods.base import StepTokens, chain_text, prompt_text
 from .trainer import TrainConfig, Trainer, set_seed
 
 RUN_KEYS = ("method", "task", "model", "task_options")
@@ -224,7 +224,9 @@ def build_method(run: Run, train_texts: list[str] | None = None, weights: str | 
         model = backbones.add_lora(model, r=run.method_config.lora_r, alpha=run.method_config.lora_alpha)
     method = methods.get(run.method)(run.method_config, model, tokenizer, task)
     if saved is not None:
-        method.load_extra_state(checkpoint.read_extras(saved))
+        extras = checkpoint.read_extras(saved)
+        # a new run from init_from counts its own training data (the step means place latent answers)
+        method.load_extra_state(StepTokens.cleared(extras) if weights is None else extras)
     return method
 
 

@@ -133,6 +133,14 @@ class StepTokens(nn.Module):
             out[key] = value
         return out
 
+    @staticmethod
+    def cleared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A saved state with its counts at 0: a run starting from another run's checkpoint (init_from) counts
+        its own training data, which may have chains of another length (3 hops there, 6 here)."""
+        names = ("count", "by_step", "step_tokens.count", "step_tokens.by_step")
+        return {key: torch.zeros_like(value) if key in names else value
+                for key, value in StepTokens.upgraded(state).items()}
+
 
 def prompt_text(example: Example) -> str:
     return f"{example.question}\n"
