@@ -55,7 +55,8 @@ RESULTS = [
                "coconut-stopped": "coconut, seed 0 (stopped at step 400: stuck from stage 2)",
                "coconut-more": "coconut, seed 2 + 400 steps at the last stage",
                "coconut-more-lr3e-4": "coconut + 400 steps at the last stage at lr 3e-4",
-               "coconut-cosine": "coconut, cosine lr over 1,800 steps (seed 2 stopped: stuck at stage 1)"}},
+               "coconut-cosine": "coconut, cosine lr over 1,800 steps (seed 2 stopped: stuck at stage 1)",
+               "coconut-hop-curriculum": "coconut from the 3-hop coconut model (hop curriculum)"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
