@@ -15,13 +15,11 @@ from safetensors.torch import save_file
 from latent_reasoning.checkpoint import read_extras
 from latent_reasoning.methods.base import StepTokens
 
-COUNTS = ("count", "by_step", "step_tokens.count", "step_tokens.by_step")
-
 
 def main() -> None:
     run, start = Path(sys.argv[1]), Path(sys.argv[2])
     extras, inherited = StepTokens.upgraded(read_extras(run)), StepTokens.upgraded(read_extras(start))
-    for key in COUNTS:
+    for key in StepTokens.saved_keys:
         if key in extras and key in inherited:
             before = extras[key].clone()
             extras[key] = extras[key] - inherited[key]

@@ -74,6 +74,7 @@ class StepTokens(nn.Module):
     differ in length by position (named parity: 'b9 1 0' is five tokens, 'b10 1 0' six)."""
 
     tracked_steps = 256  # steps further on use the mean tokens a step
+    saved_keys = ("count", "by_step", "step_tokens.count", "step_tokens.by_step")  # as a method saves them
 
     def __init__(self):
         super().__init__()
@@ -137,8 +138,7 @@ class StepTokens(nn.Module):
     def cleared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A saved state with its counts at 0: a run starting from another run's checkpoint (init_from) counts
         its own training data, which may have chains of another length (3 hops there, 6 here)."""
-        names = ("count", "by_step", "step_tokens.count", "step_tokens.by_step")
-        return {key: torch.zeros_like(value) if key in names else value
+        return {key: torch.zeros_like(value) if key in StepTokens.saved_keys else value
                 for key, value in StepTokens.upgraded(state).items()}
 
 
