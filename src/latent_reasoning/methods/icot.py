@@ -86,7 +86,7 @@ class ICoT(Method):
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         """A checkpoint of this method holds the chain counts; a `cot` checkpoint to start from holds nothing."""
-        unexpected = sorted(set(state) - {"count", "by_step"})
+        unexpected = sorted(set(state) - set(self.step_tokens.state_dict()))
         if unexpected:
             raise ValueError(f"method 'icot': unexpected extras in the checkpoint: {unexpected}")
         if state:
