@@ -529,6 +529,26 @@ def test_a_latent_checkpoint_to_start_from_gives_its_extras_but_not_its_step_cou
     torch.testing.assert_close(resumed.extras["step_tokens"].by_step, saved.by_step, atol=0, rtol=0)
 
 
+def test_slr_extras_saved_for_fewer_loops_widen_to_the_same_function_with_an_adapter_per_loop(base):
+    """A 3-hop slr model (3 loop adapters) starting a 6-hop run: the new loops start as the last trained one."""
+    short = make(base, "slr", c=1, stages=2)
+    with torch.no_grad():
+        for tensor in [*short.extras["loop_lora"].A, *short.extras["loop_lora"].B]:
+            tensor.normal_()
+    saved = short.extra_state()
+    long = make(base, "slr", c=1, stages=4)
+    long.load_extra_state(saved)
+    for short_a, long_a in zip(short.extras["loop_lora"].A, long.extras["loop_lora"].A):
+        torch.testing.assert_close(long_a[:2], short_a, atol=0, rtol=0)
+        torch.testing.assert_close(long_a[2:], short_a[1:].expand(2, -1, -1), atol=0, rtol=0)
+    tokens = torch.tensor([ids(short.tokenizer, "1 2 * 3 4")])
+    for loop in (1, 3):  # a trained loop, and one past the saved adapters (which used the last)
+        short.extras["loop_lora"].active = long.extras["loop_lora"].active = loop
+        torch.testing.assert_close(long.model(tokens).logits, short.model(tokens).logits)
+    with pytest.raises(ValueError, match="a config key differs"):  # fewer loops than saved: no adapter to drop
+        make(base, "slr", c=1, stages=1).load_extra_state(saved)
+
+
 @pytest.mark.parametrize("values, named, choice", [
     ({"c": 0}, "c", None),
     ({"mix_probability": 1.5}, "mix_probability", None),

@@ -362,6 +362,9 @@ class ExtraModules:
         if not state:
             return
         state = StepTokens.upgraded(state)
+        for name, module in self.extras.items():  # a module may widen what was saved for a smaller config
+            if hasattr(module, "fit_saved"):
+                state = module.fit_saved(state, f"{name}.")
         own = self.extras.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:

@@ -701,6 +701,18 @@ class LoopLoRA(nn.Module):
 
         return hook
 
+    def fit_saved(self, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """`state` with adapters saved for fewer loops widened to this module's: the saved loops keep theirs and
+        each further loop starts as a copy of the last, so the function is the saved one (loops beyond the last
+        adapter used the last) and every loop now trains its own (a hop curriculum: 3-hop thoughts, then 6)."""
+        state = dict(state)
+        for key in [k for k in state if k.startswith((prefix + "A.", prefix + "B."))]:
+            saved = state[key]
+            if saved.dim() == 3 and 0 < saved.shape[0] < self.loops:
+                extra = saved[-1:].expand(self.loops - saved.shape[0], *saved.shape[1:])
+                state[key] = torch.cat([saved, extra])
+        return state
+
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
