@@ -72,6 +72,23 @@ def test_the_answer_is_reachable_from_the_root_and_the_other_option_is_not(optio
         assert len(example.steps) == task.hops
 
 
+def test_min_hops_mixes_depths_and_each_problem_is_one_of_its_own_depth():
+    task = Graph(nodes=8, hops=3, branches=0, symbols=16, chain="forward", min_hops=1)
+    examples = task.generate(300, seed=2)
+    assert examples == task.generate(300, seed=2)
+    assert {e.meta["hops"] for e in examples} == {1, 2, 3}
+    for example in examples:
+        edges, root, options_asked = parse_question(example.question)
+        assert len({node for edge in edges for node in edge}) == 8
+        other = next(option for option in options_asked if option != example.answer)
+        assert example.answer in reachable(edges, root) and other not in reachable(edges, root)
+        assert len(example.steps) == example.meta["hops"]
+        assert example.steps[0].split()[1] == root and example.steps[-1].split()[-1] == example.answer
+    fixed = Graph(nodes=8, hops=3, branches=0, symbols=16, chain="forward")
+    assert Graph(nodes=8, hops=3, branches=0, symbols=16, chain="forward", min_hops=3).generate(20, seed=2) == \
+        fixed.generate(20, seed=2)  # min_hops = hops is the fixed-depth task, problem for problem
+
+
 def test_both_chains_are_paths_of_the_graph():
     for chain in ("backward", "forward"):
         for example in Graph(chain=chain, nodes=20, hops=4, branches=2).generate(100, seed=5):
@@ -176,6 +193,8 @@ def test_every_node_name_is_one_token_and_steps_use_the_question_tokens():
     ({"symbols": 10}, "symbols=10 must be at least nodes=16"),
     ({"symbols": 10_000}, "symbols=10000"),
     ({"nodes": "16"}, "nodes must be an integer"),
+    ({"min_hops": 4}, "min_hops=4 is more than hops=3"),
+    ({"min_hops": 0}, "min_hops must be an integer of at least 1"),
 ])
 def test_bad_options_are_refused_naming_the_option(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):

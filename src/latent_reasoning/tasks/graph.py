@@ -33,6 +33,9 @@ The graph (all counts fixed by the options):
         least one node; which chains get one more is random); with branches=0 they form a third,
         separate chain instead (one more tree, still no option in it).
 So the root has 1 + branches children and there are `nodes` - (number of trees) edges.
+With `min_hops` below `hops`, each problem draws its own number of hops from min_hops .. hops (uniform; the
+node count stays, the nodes a shorter chain leaves go to the other chains): questions of mixed depth, for a
+model that repeats one hop's computation (slr loop=depth) to learn the hop on short questions.
 Names are drawn at random from the first `symbols` names of NAMES.
 
 File format, one example per line (what save writes and load reads back exactly):
@@ -79,9 +82,10 @@ class Graph(Task):
     answer_prefix = ANSWER_MARKER
 
     def __init__(self, nodes: int = 16, hops: int = 3, branches: int = 1, chain: str = "backward",
-                 symbols: int = 64):
+                 symbols: int = 64, min_hops: int | None = None):
+        min_hops = hops if min_hops is None else min_hops
         for option, value, least in (("hops", hops, 1), ("branches", branches, 0), ("nodes", nodes, 1),
-                                     ("symbols", symbols, 1)):
+                                     ("symbols", symbols, 1), ("min_hops", min_hops, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"graph {option} must be an integer of at least {least}, got {value!r}")
         if chain not in ("backward", "forward", "path"):
@@ -90,13 +94,16 @@ class Graph(Task):
         if nodes < smallest:
             raise ValueError(f"graph nodes={nodes} is too few for hops={hops} and branches={branches}: "
                              f"need at least 2 * (1 + hops + branches) = {smallest}")
-        if branches == 0 and nodes == smallest + 1:
+        if min_hops > hops:
+            raise ValueError(f"graph min_hops={min_hops} is more than hops={hops}")
+        if branches == 0 and nodes == smallest + 1:  # (fewer hops leave at least 2 nodes over)
             raise ValueError(f"graph nodes={nodes} with branches=0: the one node left over fits nowhere "
                              f"without a branch; use nodes={smallest} or at least {smallest + 2}")
         if not nodes <= symbols <= len(NAMES):
             raise ValueError(f"graph symbols={symbols} must be at least nodes={nodes} and at most {len(NAMES)} "
                              f"(the names available)")
         self.nodes, self.hops, self.branches, self.chain, self.symbols = nodes, hops, branches, chain, symbols
+        self.min_hops = min_hops
         if chain == "path":
             self.step_separator = ""  # each step carries its own leading space
 
@@ -119,9 +126,10 @@ class Graph(Task):
         return distinct_examples(lambda: self.problem(rng), n, exclude, frozenset())
 
     def problem(self, rng: random.Random) -> Example:
-        parent = self._random_forest(rng)
+        hops = self.hops if self.min_hops == self.hops else rng.randint(self.min_hops, self.hops)
+        parent = self._random_forest(rng, hops)
         names = rng.sample(NAMES[: self.symbols], self.nodes)
-        root, answer, other = 0, self.hops, 2 * self.hops + 1  # see _random_forest for the numbering
+        root, answer, other = 0, hops, 2 * hops + 1  # see _random_forest for the numbering
         edges = [(names[parent[child]], names[child]) for child in range(self.nodes) if parent[child] is not None]
         rng.shuffle(edges)
         options = [names[answer], names[other]]
@@ -129,9 +137,9 @@ class Graph(Task):
         facts = " ".join(f"| {u} {v}" for u, v in edges)
         question = f"{facts} . from {names[root]} : {options[0]} or {options[1]} ?"
         if self.chain == "forward":
-            steps = [f"- {names[node - 1]} to {names[node]}" for node in range(1, self.hops + 1)]
+            steps = [f"- {names[node - 1]} to {names[node]}" for node in range(1, hops + 1)]
         elif self.chain == "path":
-            steps = [f" {names[node]}" for node in range(1, self.hops + 1)]
+            steps = [f" {names[node]}" for node in range(1, hops + 1)]
         else:
             parent_of = {v: u for u, v in edges}
             steps, node = [], options[0]
@@ -140,19 +148,19 @@ class Graph(Task):
                 node = parent_of[node]
         return Example(question, steps, names[answer], question_meta(question, steps))
 
-    def _random_forest(self, rng: random.Random) -> list[int | None]:
+    def _random_forest(self, rng: random.Random, hops: int) -> list[int | None]:
         """The parent of each node (None for a top). Node 0 is the root, 1..hops its chain to the
         answer; node hops+1 is the other tree's top and the next hops nodes its chain to the other
         option; the rest are dead-end chains (or, with no branches, one chain of their own)."""
         parent: list[int | None] = []
-        for top in (0, self.hops + 1):
-            parent += [None] + [top + k for k in range(self.hops)]
+        for top in (0, hops + 1):
+            parent += [None] + [top + k for k in range(hops)]
         left = self.nodes - len(parent)
         if self.branches == 0:
             if left:
                 parent += [None] + [len(parent) + k for k in range(left - 1)]
             return parent
-        dead_ends = [(top, 1) for top in (0, self.hops + 1) for _ in range(self.branches)]
+        dead_ends = [(top, 1) for top in (0, hops + 1) for _ in range(self.branches)]
         longer = set(rng.sample(range(len(dead_ends)), (left - len(dead_ends)) % len(dead_ends)))
         for index, (top, _) in enumerate(dead_ends):
             length = (left // len(dead_ends)) + (index in longer)
