@@ -26,7 +26,8 @@ RESULTS = [
     {"file": "bench/results/latent-multiplication-4x4.jsonl", "task": "4x4 multiplication (valid, 1000)",
      "methods": ["no-cot", "cot", "coconut", "slr"]},
     {"file": "bench/results/multiplication-4x4-cot.jsonl", "task": "4x4 multiplication (valid, 1000)",
-     "names": {"cot": "cot, 3,000 steps (configs/cot-multiplication-4x4.yaml)"}},
+     "names": {"cot": "cot, 3,000 steps (configs/cot-multiplication-4x4.yaml)",
+               "cot-more": "cot, seed 0 + 1,000 steps at lr 3e-4"}},
     {"file": "bench/results/multiplication-4x4-latent.jsonl", "task": "4x4 multiplication (valid, 1000)",
      "names": {"icot": "icot from that cot (a token removed every 112 steps, kept positions)",
                "coconut": "coconut from that cot, kept positions, markers=false, step_weight"}},
@@ -61,7 +62,8 @@ RESULTS = [
                "coconut-more": "coconut, seed 2 + 400 steps at the last stage",
                "coconut-more-lr3e-4": "coconut + 400 steps at the last stage at lr 3e-4",
                "coconut-cosine": "coconut, cosine lr over 1,800 steps (seed 2 stopped: stuck at stage 1)",
-               "coconut-hop-curriculum": "coconut from the 3-hop coconut model (hop curriculum)"}},
+               "coconut-hop-curriculum": "coconut from the 3-hop coconut model (hop curriculum)",
+               "slr-hop-curriculum": "slr from the 3-hop slr model (hop curriculum)"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
