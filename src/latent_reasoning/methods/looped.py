@@ -16,8 +16,10 @@ each stabiliser a switch of SLRConfig:
                           core's layers only; iterations past the last adapter use the last); without it C_t = C
     + h_0   `injection`   the input injection; without it h_t = C_t(...)
     N       `normalize`   s -> s mu_E / ||s|| per position, mu_E the mean input-embedding norm; without it N(s) = s
-With T = 1, prelude = coda = 0 and every switch off, this is the plain model. The modules a checkpoint trained
-are built from its config; switching one off at answer time skips it (a test-time ablation).
+With T = 1, prelude = coda = 0 and every switch off, this is the plain model. Trained from scratch (graph search,
+bench/README.md "Depth loop from scratch"), the loop learned only at lr / T and with `normalize` and `timestep` off:
+each of the two alone kept it at the marginal answer. The modules a checkpoint trained are built from its
+config; switching one off at answer time skips it (a test-time ablation).
 
 Training is plain SFT of the answer with no chain of thought, as `no-cot` trains ("question\\n", then
 "#### answer"; its batches), with T = `loops`, or, with `loops_random`, drawn per step with mean `loops`:
