@@ -708,7 +708,7 @@ class LoopLoRA(nn.Module):
         state = dict(state)
         for key in [k for k in state if k.startswith((prefix + "A.", prefix + "B."))]:
             saved = state[key]
-            if saved.dim() == 3 and 0 < saved.shape[0] < self.loops:
+            if saved.shape[0] < self.loops:  # A [loops, r, in], B [loops, out, r]
                 extra = saved[-1:].expand(self.loops - saved.shape[0], *saved.shape[1:])
                 state[key] = torch.cat([saved, extra])
         return state
