@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True)
     generate = data_commands.add_parser("generate", help="write generated examples in the task's file format",
                                         parents=[common])
-    generate.add_argument("task", help="a generated task: multiplication, parity, graph, prosqa or prontoqa")
+    generate.add_argument("task", help="a generated task: multiplication, parity, arithmetic, graph, prosqa or prontoqa")
     generate.add_argument("--n", type=count, required=True, help="number of examples")
     generate.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     generate.add_argument("--digits", type=count, default=4, help="multiplication operand digits (default: 4)")

@@ -10,6 +10,7 @@ from .base import DataError, Example, Task
 REGISTRY = {
     "multiplication": "multiplication:Multiplication",
     "parity": "parity:Parity",
+    "arithmetic": "arithmetic:Arithmetic",
     "prosqa": "prosqa:ProsQA",
     "graph": "graph:Graph",
     "prontoqa": "prontoqa:ProntoQA",
