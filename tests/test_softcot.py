@@ -102,6 +102,31 @@ def test_thoughts_land_at_the_placeholders_with_n_set_apart_for_training_and_ans
             torch.testing.assert_close(inputs[b, where], thoughts[b], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_position_gives_the_language_after_the_span_its_plain_cot_positions(base, keep):
+    method = make(base, thoughts=5, eval_thoughts=2, max_new_tokens=3, keep_position=keep)
+    examples = [EXAMPLES[0], TASK.generate(1, seed=7)[0]]  # questions of different lengths: rows padded
+    seen = []
+    hook = method.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["position_ids"].clone(), kwargs["attention_mask"].clone()))
+        if "position_ids" in kwargs else None, with_kwargs=True)  # the backbone's passes (not its assistant's)
+    try:
+        method.loss(examples, 0)
+        method.answer(examples)
+    finally:
+        hook.remove()
+    questions = [len(method.question_ids(e, 5)) for e in examples]
+    (train_positions, train_mask), decoded = seen[0], seen[2:]
+    for b, (example, q) in enumerate(zip(examples, questions)):
+        chain = int(train_mask[b].sum()) - (q + 5 + 2)
+        span = list(range(q + 5 + 2))  # question, <bot>, N thoughts, <eot>: as always
+        after = list(range(q, q + chain)) if keep else list(range(q + 7, q + 7 + chain))
+        assert train_positions[b, : q + 7 + chain].tolist() == span + after
+        # answering (N = 2): the first generated token sits where the chain's first token would in plain CoT
+        first = q if keep else q + 2 + 2
+        assert [int(positions[b, -1]) for positions, _ in decoded] == [first, first + 1]
+
+
 def test_the_backbone_as_assistant_reads_without_its_lora_adapter(base):
     model, tokenizer = base
     wrapped = add_lora(copy.deepcopy(model))

@@ -76,6 +76,7 @@ class SoftThoughtConfig(MethodConfig):
     thoughts: int = 32  # N in training
     eval_thoughts: int | None = 4  # N at answer time; none: as in training
     thought_variance_scale: float = 1.0  # answer time: the thoughts' variance around their mean times this
+    keep_position: bool = False  # what follows <eot> keeps the position ids it has without the span (docstring)
 
     positive_keys = MethodConfig.positive_keys + ("thoughts", "eval_thoughts")
 
@@ -162,7 +163,12 @@ class SoftThoughtMethod(ExtraModules, Method):
             pairs += [(ids, [-100] * len(prompt) + ids[len(prompt) :])] * chains
         batch = pad_pairs(pairs, self.tokenizer.pad_token_id)
         ids, mask, labels = (t.to(self.device) for t in (batch.input_ids, batch.attention_mask, batch.labels))
-        logits = self.model(inputs_embeds=self.embed(ids, mask, vectors.flatten(0, 1)), attention_mask=mask).logits
+        positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        if self.config.keep_position:  # right-padded: every row's span ends at its first label
+            after_span = (labels != -100).long().cummax(dim=1).values
+            positions = positions - after_span * (n + 2)
+        logits = self.model(inputs_embeds=self.embed(ids, mask, vectors.flatten(0, 1)), attention_mask=mask,
+                            position_ids=positions).logits
         ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return ce, float(mask.sum())
 
@@ -180,7 +186,10 @@ class SoftThoughtMethod(ExtraModules, Method):
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        return vectors, thought_loop(self.model, self.embed(ids, mask, vectors.flatten(0, 1)), mask, 0)
+        state = thought_loop(self.model, self.embed(ids, mask, vectors.flatten(0, 1)), mask, 0)
+        if self.config.keep_position:
+            state.position_offset = torch.full((len(rows),), -(n + 2), device=self.device)
+        return vectors, state
 
     @torch.no_grad()
     def answer(self, examples: list[Example]) -> list[Prediction]:
