@@ -95,6 +95,23 @@ def test_preset_is_seeded():
     assert not torch.equal(weights[0], weights[2])
 
 
+@pytest.mark.parametrize("preset, depth", [("tiny-1m", lambda m: m.config.num_hidden_layers),
+                                           ("tiny-gpt2", lambda m: m.config.n_layer)])
+def test_layers_builds_a_preset_deeper_with_the_same_width(preset, depth):
+    plain, _ = load_backbone(preset, TEXTS)
+    deeper, _ = load_backbone(preset, TEXTS, layers=depth(plain) + 3)
+    assert depth(deeper) == depth(plain) + 3 and deeper.config.hidden_size == plain.config.hidden_size
+    blocks = [m for m in deeper.modules() if isinstance(m, torch.nn.ModuleList)][0]
+    assert len(blocks) == depth(plain) + 3
+    per_layer = (sum(p.numel() for p in deeper.parameters()) - sum(p.numel() for p in plain.parameters())) / 3
+    assert per_layer == sum(p.numel() for p in blocks[0].parameters())  # only whole layers were added
+
+
+def test_layers_is_refused_for_a_model_whose_depth_is_fixed(tmp_path):
+    with pytest.raises(ValueError, match="layers=6: only a tiny preset"):
+        load_backbone(str(tmp_path), layers=6)
+
+
 def test_preset_needs_texts():
     with pytest.raises(ValueError, match="texts"):
         load_backbone("tiny-5m")

@@ -48,6 +48,17 @@ def test_train_then_eval_with_a_sweep(tmp_path, capsys):
     assert "--task" in capsys.readouterr().err
 
 
+def test_layers_trains_a_deeper_preset_and_its_checkpoint_keeps_the_depth(tmp_path):
+    from latent_reasoning.run import load_saved
+
+    run = tmp_path / "deep"
+    assert main(["train", "--method", "cot", "--task", "multiplication", "--model", "tiny-1m", "--out", str(run),
+                 "task.digits=2", "steps=2", "batch_size=4", "train_size=50", "eval_size=0", "log_with=none",
+                 "layers=7"]) == 0
+    model, _ = load_saved(run / "checkpoint")
+    assert model.config.num_hidden_layers == 7 and len(model.model.layers) == 7  # tiny-1m has 4
+
+
 @pytest.mark.parametrize("arguments, named", [
     (["--method", "cott"], "cott"),
     (["--task", "gsm9k"], "gsm9k"),

@@ -83,3 +83,13 @@ def test_debug_shows_the_traceback(tmp_path):
 
     with pytest.raises(ConfigError, match="steps"):
         main([*TRAIN, "--out", str(tmp_path / "run"), "steps=inf", "--debug"])
+
+
+def test_layers_for_a_model_of_fixed_depth_is_named(tmp_path, capsys):
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    argv = [*TRAIN, "--out", str(tmp_path / "run"), "layers=4"]
+    argv[argv.index("tiny-5m")] = str(folder)
+    assert run_main(argv) == 2
+    assert "layers=4: builds a tiny preset" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()

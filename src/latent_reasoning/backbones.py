@@ -186,6 +186,7 @@ def load_backbone(
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    layers: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Load or build a causal LM and its tokenizer, with the thought tokens added.
 
@@ -194,18 +195,22 @@ def load_backbone(
     presets, unused otherwise). `cache_dir` is where SmolLM2 is converted to (default
     ``$LATENT_REASONING_CACHE`` or ``~/.cache/latent-reasoning``) and, for hub ids, the
     Hugging Face download cache. `seed` fixes the random initialisation of the presets; the
-    global torch RNG is left untouched.
+    global torch RNG is left untouched. `layers` gives a preset that many decoder layers instead of
+    its own (a deeper or shallower model of the same width); other models refuse it.
     The model comes back in eval mode with SDPA attention; remote code is never trusted.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if layers is not None and name not in _PRESETS:
+            raise ValueError(f"layers={layers}: only a tiny preset {list(_PRESETS)} can be built with another "
+                             f"depth, not {name!r}")
         if name in _PRESETS:
             if texts is None:
                 raise ValueError(
                     f"preset {name!r} builds its tokenizer from the training text: "
                     "pass texts=[...]"
                 )
-            model, tokenizer = _build_preset(name, texts, dtype)
+            model, tokenizer = _build_preset(name, texts, dtype, layers)
         elif name == SMOLLM2:
             model, tokenizer = _from_pretrained(smollm2_folder(cache_dir), dtype, None)
         else:
@@ -230,7 +235,7 @@ def _from_pretrained(
 
 
 def _build_preset(
-    name: str, texts: Iterable[str], dtype: torch.dtype
+    name: str, texts: Iterable[str], dtype: torch.dtype, layers: int | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """A randomly initialised tiny model sized to a word-level tokenizer built from `texts`."""
     config_class, sizes = _PRESETS[name]
@@ -241,6 +246,8 @@ def _build_preset(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    if layers is not None:
+        sizes = {**sizes, ("n_layer" if "n_layer" in sizes else "num_hidden_layers"): layers}
     config = config_class(vocab_size=len(tokenizer), **token_ids, **sizes)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(dtype)
     for key, value in token_ids.items():

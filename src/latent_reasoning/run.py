@@ -130,6 +130,11 @@ def make_run(values: dict[str, Any], check_model_name: bool = True) -> Run:
         split[owner[0]][key] = value
     if check_model_name:
         check_model(values["model"])
+    layers = values.get("layers")
+    if check_model_name and layers is not None and (values.get("init_from") or values["model"] not in backbones.PRESETS):
+        where = f"init_from={values['init_from']!r}" if values.get("init_from") else f"model {values['model']!r}"
+        raise ConfigError(f"layers={layers}: builds a tiny preset {list(backbones.PRESETS)} with another depth; "
+                          f"{where} has its depth already")
     if values.get("lora") in (True, "true", "True") and values["model"] in backbones.PRESETS:
         raise ConfigError(f"lora=true needs a pretrained backbone; {values['model']!r} is a random tiny preset")
     task_options = dict(values.get("task_options") or {})
@@ -219,7 +224,8 @@ def build_method(run: Run, train_texts: list[str] | None = None, weights: str | 
     elif saved is not None:
         model, tokenizer = load_saved(Path(saved))
     else:
-        model, tokenizer = backbones.load_backbone(run.model, texts=train_texts, seed=run.train.seed)
+        model, tokenizer = backbones.load_backbone(run.model, texts=train_texts, seed=run.train.seed,
+                                                   layers=run.method_config.layers)
     if weights is None and run.method_config.lora:
         model = backbones.add_lora(model, r=run.method_config.lora_r, alpha=run.method_config.lora_alpha)
     method = methods.get(run.method)(run.method_config, model, tokenizer, task)

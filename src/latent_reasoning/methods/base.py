@@ -37,8 +37,9 @@ class MethodConfig(Config):
     lora_r: int = 8
     lora_alpha: int = 16
     init_from: str | None = None  # a checkpoint (or run folder) whose weights training starts from
+    layers: int | None = None  # a tiny preset built with this many decoder layers (none: the preset's own)
 
-    positive_keys = ("max_length", "max_new_tokens", "samples", "temperature", "lora_r", "lora_alpha")
+    positive_keys = ("layers", "max_length", "max_new_tokens", "samples", "temperature", "lora_r", "lora_alpha")
 
 
 @dataclass
