@@ -17,6 +17,19 @@ def test_data_generate_writes_what_the_loader_reads(tmp_path, capsys):
     assert "30 prosqa examples" in capsys.readouterr().out
 
 
+def test_data_generate_never_repeats_a_question_of_an_excluded_file(tmp_path):
+    train, held_out = tmp_path / "train.jsonl", tmp_path / "held_out.jsonl"
+    options = ["--option", "terms=2", "--option", "digits=1"]  # 126 questions in all: a second draw repeats many
+    assert main(["data", "generate", "arithmetic", "--n", "60", "--seed", "0", "--out", str(train), *options]) == 0
+    assert main(["data", "generate", "arithmetic", "--n", "40", "--seed", "1", "--out", str(held_out), *options,
+                 "--exclude", str(train)]) == 0
+    task = tasks.get("arithmetic", terms=2, digits=1)
+    seen = {e.question for e in task.load(path=train)}
+    written = [e.question for e in task.load(path=held_out)]
+    assert len(written) == 40 and not seen & set(written)
+    assert written == [e.question for e in task.generate(40, seed=1, exclude=seen)]
+
+
 def test_train_then_eval_with_a_sweep(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--method", "cot", "--task", "multiplication", "--model", "tiny-5m", "--out", str(run),

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     generate.add_argument("--digits", type=count, default=4, help="multiplication operand digits (default: 4)")
     generate.add_argument("--out", required=True, help="output file")
+    generate.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                          help="a file of the same task whose questions are never generated (e.g. the training set, "
+                               "for a held-out one), repeatable (default: none)")
     # A flag rather than train's bare task.KEY=VALUE: argparse rejects positionals after --n/--out here.
     generate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                           help="a task option, repeatable, e.g. --option hops=4 --option nodes=24 (default: none)")
@@ -302,7 +305,8 @@ def cmd_data(args) -> int:
             task = tasks.get(args.task, **options)
         except TypeError as error:
             raise ConfigError(f"task options {options} for task {args.task!r}: {error}") from None
-        examples = task.generate(args.n, seed=args.seed)
+        exclude = {example.question for path in args.exclude for example in task.load(path=path)}
+        examples = task.generate(args.n, seed=args.seed, exclude=exclude)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         task.save(examples, args.out)
         print(f"wrote {len(examples)} {args.task} examples to {args.out}")
