@@ -25,6 +25,10 @@ becomes True), whose autocast on a CPU without bf16 units runs the matrix produc
 slower, so it is set off (`--trl-bf16` keeps TRL's default). TRL keeps its defaults otherwise
 (gradient checkpointing on, as a user would run it; `--no-trl-checkpointing` turns it off).
 
+`--bf16`, on a CPU with bf16 units: each side at its default precision there. TRL with its bf16 autocast (as
+`--trl-bf16`); ours as `latent train`'s `mixed_precision=auto` resolves there, bf16-weights (bf16 copies of the
+weights inside bf16 autocast for the rollout, the loss and backward; fp32 weights for clipping and AdamW).
+
 Equal lengths: by default EOS does not end a completion (TRL: `min_new_tokens` = `--tokens`, which
 masks EOS; ours: the rollouts' end-of-sequence set is emptied for this process), so every completion
 on every engine has exactly `--tokens` tokens and the steps do equal work. `--stop-at-eos` keeps the
@@ -41,6 +45,7 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -82,12 +87,25 @@ class Ours:
                 self.rollout_seconds = time.perf_counter() - started
 
         self.method.rollout = timed_rollout
+        self.bf16 = args.bf16
+
+    def precision(self):
+        """The trainer's bf16-weights (--bf16): bf16 copies of the weights, inside bf16 autocast."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        from latent_reasoning.trainer import Bf16Weights
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(Bf16Weights(self.method.trainable_parameters(), []))
+        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        return stack
 
     def step(self, step: int, batch) -> dict:
         started = time.perf_counter()
-        loss, metrics = self.method.loss(batch, step, self.generator)
-        scored = time.perf_counter()
-        loss.backward()
+        with self.precision():
+            loss, metrics = self.method.loss(batch, step, self.generator)
+            scored = time.perf_counter()
+            loss.backward()
         backward = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), 1.0)  # as the trainer and TRL do
         self.optimizer.step()
@@ -186,10 +204,18 @@ def main() -> None:
                         help="turn off TRL's default gradient checkpointing")
     parser.add_argument("--trl-bf16", action="store_true",
                         help="TRL's own default: bf16 mixed precision (autocast; slow on a CPU without bf16 units)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="each side at its default precision on a CPU with bf16: TRL's bf16 autocast, our bf16-weights")
     parser.add_argument("--scratch", default="runs/bench-trl")
     parser.add_argument("--out", help="json file for the results")
     args = parser.parse_args()
 
+    if args.bf16:
+        from latent_reasoning.trainer import bf16_supported
+
+        if not bf16_supported():
+            parser.error("--bf16: this CPU has no bf16 units (torch.backends.cpu.get_cpu_capability())")
+        args.trl_bf16 = True
     torch.manual_seed(0)
     if not args.stop_at_eos:
         ignore_eos()
@@ -208,7 +234,8 @@ def main() -> None:
                "torch_threads": torch.get_num_threads(),
                "settings": {"model": args.model, "prompts": args.prompts, "G": args.g, "tokens": args.tokens,
                             "latent_steps": args.latent_steps, "exact_lengths": not args.stop_at_eos,
-                            "trl_gradient_checkpointing": args.trl_checkpointing, "trl_bf16": args.trl_bf16},
+                            "trl_gradient_checkpointing": args.trl_checkpointing, "trl_bf16": args.trl_bf16,
+                            "ours_bf16_weights": args.bf16},
                "rounds": results}
     for name, runs in counted.items():
         summary[name] = summarize(runs)
