@@ -64,6 +64,20 @@ RESULTS = [
                "coconut-cosine": "coconut, cosine lr over 1,800 steps (seed 2 stopped: stuck at stage 1)",
                "coconut-hop-curriculum": "coconut from the 3-hop coconut model (hop curriculum)",
                "slr-hop-curriculum": "slr from the 3-hop slr model (hop curriculum)"}},
+    {"file": "bench/results/lta-thinker-multiplication-2x2.jsonl", "task": "2x2 multiplication (300 held out)",
+     "methods": ["cot", "cot-sc10", "lta-all", "lta-sft", "softcot", "softcot++"],
+     "names": {"cot": "cot (the frozen backbone)", "cot-sc10": "cot-sc, 10 samples (the frozen backbone)",
+               "lta-all": "lta-thinker on it, keep_position, N = 32", "lta-sft": "lta-thinker, SFT loss only",
+               "softcot": "softcot, keep_position, N = 32", "softcot++": "softcot++, 5 chains"}},
+    {"file": "bench/results/rl-arithmetic-smollm2.jsonl", "task": "arithmetic, 2 terms (300 held out)",
+     "methods": ["warm-start", "cot", "grpo", "lepo", "lepo-gd", "lepo-none", "latro"],
+     "names": {"warm-start": "the model as it is (RL warm start)", "cot": "cot (SFT, LoRA, 100 steps of 4)",
+               "grpo": "grpo (LoRA, same budget)", "lepo": "lepo, soft-label", "lepo-gd": "lepo, Gumbel density",
+               "lepo-none": "lepo, noise=none", "latro": "latro"}},
+    {"file": "bench/results/lta-thinker-arithmetic-smollm2.jsonl", "task": "arithmetic, 2 terms (300 held out)",
+     "methods": ["softcot-n32", "lta-n32", "lta-sft-n32"],
+     "names": {"softcot-n32": "softcot, frozen backbone, N = 32", "lta-n32": "lta-thinker, frozen backbone, N = 32",
+               "lta-sft-n32": "lta-thinker, SFT loss only"}},
 ]
 
 HEADER = ("| task | model | method | seeds | accuracy mean (per seed) | forward passes | link |\n"
