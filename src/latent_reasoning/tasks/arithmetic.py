@@ -32,6 +32,10 @@ LOSSES = ["gives away {n} {things}", "loses {n} {things}", "sells {n} {things}"]
 STEP = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
 
 
+def combine(a: int, sign: str, b: int) -> int:
+    return a + b if sign == "+" else a - b
+
+
 class Arithmetic(Task):
     name = "arithmetic"
 
@@ -58,7 +62,7 @@ class Arithmetic(Task):
         for _ in range(self.terms - 1):
             sign = rng.choice("+-") if total > 0 else "+"
             number = rng.randint(1, largest if sign == "+" else min(total, largest))
-            result = total + number if sign == "+" else total - number
+            result = combine(total, sign, number)
             steps.append(f"{total} {sign} {number} = {result}")
             numbers.append(number)
             signs.append(sign)
@@ -97,8 +101,8 @@ def parse_record(record: dict) -> Example:
         if match is None:
             raise ValueError(f"step {i} {step!r}: expected '<a> + <b> = <c>' or '<a> - <b> = <c>'")
         a, sign, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
-        if (a + b if sign == "+" else a - b) != c:
-            raise ValueError(f"step {i} {step!r} is wrong: {a} {sign} {b} is {a + b if sign == '+' else a - b}")
+        if combine(a, sign, b) != c:
+            raise ValueError(f"step {i} {step!r} is wrong: {a} {sign} {b} is {combine(a, sign, b)}")
     if not isinstance(answer, str) or answer != STEP.fullmatch(steps[-1])[4]:
         raise ValueError(f"'answer' must be the last step's result as a string, got {answer!r}")
     return Example(question, steps, answer)
