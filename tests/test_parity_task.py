@@ -43,10 +43,30 @@ def test_grader_reads_the_digit_after_the_last_marker():
     assert not task.grade("1 1 0 1", example)  # no answer marker
 
 
+def test_min_bits_mixes_lengths_and_each_string_is_right_for_its_own_length():
+    task = tasks.get("parity", bits=8, min_bits=2)
+    examples = task.generate(300, seed=3)
+    lengths = [len(e.question.split(" ")) for e in examples]
+    assert set(lengths) == set(range(2, 9))
+    for example in examples:
+        bits = [int(b) for b in example.question.split(" ")]
+        assert len(example.steps) == len(bits) and example.answer == str(sum(bits) % 2)
+    fixed = tasks.get("parity", bits=8)
+    assert tasks.get("parity", bits=8, min_bits=8).generate(20, seed=2) == fixed.generate(20, seed=2)
+    with pytest.raises(ValueError, match=r"only 12 exist"):  # lengths 2 and 3 hold 4 + 8 strings
+        tasks.get("parity", bits=3, min_bits=2).generate(13, seed=0)
+    four_bits = tasks.get("parity", bits=4).generate(16, seed=0)  # every 4-bit string: excluding them leaves 12
+    assert len(tasks.get("parity", bits=3, min_bits=2).generate(12, seed=0, exclude={e.question for e in four_bits})) == 12
+
+
 def test_bad_options_are_named():
     for bad in (1, "16", True):
         with pytest.raises(ValueError, match="parity bits"):
             tasks.get("parity", bits=bad)
+    with pytest.raises(ValueError, match="parity min_bits=9 is more than bits=8"):
+        tasks.get("parity", bits=8, min_bits=9)
+    with pytest.raises(ValueError, match="parity min_bits must be an integer of at least 2"):
+        tasks.get("parity", bits=8, min_bits=1)
 
 
 def test_named_chain_names_each_bit_and_round_trips(tmp_path):

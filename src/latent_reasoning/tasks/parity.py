@@ -23,6 +23,10 @@ and the parity so far, the steps separated by " ; ":
 A step then finds its bit by name rather than by distance, and is several tokens (5-6 with the presets'
 word tokenizer, which splits 'b10' into b, 1, 0), so one continuous thought a step saves passes (with
 one token a step it costs as many as the chain).
+
+With `min_bits` below `bits`, each string draws its own length from min_bits .. bits (uniform): strings of
+mixed length, as looped transformers are trained on parity (Fan et al. 2025, arXiv 2409.15647), so that a
+model repeating one step's computation (slr loop=depth) can learn the step on short strings.
 """
 
 from __future__ import annotations
@@ -42,12 +46,16 @@ class Parity(Task):
     answer_prefix = "####"
     step_separator = " "
 
-    def __init__(self, bits: int = 16, chain: str = "running"):
-        if not isinstance(bits, int) or isinstance(bits, bool) or bits < 2:
-            raise ValueError(f"parity bits must be an integer of at least 2, got {bits!r}")
+    def __init__(self, bits: int = 16, chain: str = "running", min_bits: int | None = None):
+        min_bits = bits if min_bits is None else min_bits
+        for key, value in (("bits", bits), ("min_bits", min_bits)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+                raise ValueError(f"parity {key} must be an integer of at least 2, got {value!r}")
+        if min_bits > bits:
+            raise ValueError(f"parity min_bits={min_bits} is more than bits={bits}")
         if chain not in ("running", "named"):
             raise ValueError(f"parity chain must be 'running' or 'named', got {chain!r}")
-        self.bits, self.chain = bits, chain
+        self.bits, self.chain, self.min_bits = bits, chain, min_bits
         if chain == "named":
             self.step_separator = " ; "
 
@@ -71,12 +79,22 @@ class Parity(Task):
         return Example(" ".join(map(str, bits)), [str(parity) for parity in parities], str(running))
 
     def generate(self, n: int, seed: int, exclude: set[str] | None = None) -> list[Example]:
-        """`n` distinct bit strings of length `bits`, uniform, never a question in `exclude`."""
-        if n > 2**self.bits - len(exclude or ()):
-            raise ValueError(f"parity: {n} distinct examples asked of {self.bits} bits (only {2**self.bits} exist)")
+        """`n` distinct bit strings of length `bits` (or each of a length drawn from min_bits .. bits), uniform,
+        never a question in `exclude`."""
+        lengths = range(self.min_bits, self.bits + 1)
+        strings = sum(2**length for length in lengths)
+        words_per_bit = 2 if self.chain == "named" else 1
+        excluded = sum(len(question.split(" ")) // words_per_bit in lengths for question in exclude or ())
+        if n > strings - excluded:
+            raise ValueError(f"parity: {n} distinct examples asked of {self.min_bits}..{self.bits} bits "
+                             f"(only {strings} exist)")
         rng = random.Random(seed)
-        return distinct_examples(lambda: self.example([rng.randint(0, 1) for _ in range(self.bits)]),
-                                 n, exclude, frozenset())
+
+        def draw() -> Example:
+            length = self.bits if self.min_bits == self.bits else rng.randint(self.min_bits, self.bits)
+            return self.example([rng.randint(0, 1) for _ in range(length)])
+
+        return distinct_examples(draw, n, exclude, frozenset())
 
     def save(self, examples: list[Example], path: str | Path) -> None:
         with open(path, "w", encoding="utf-8") as handle:
