@@ -323,6 +323,24 @@ def test_truncated_backprop_reaches_only_the_last_k_iterations(base, backprop_lo
     assert prelude.grad is None or not prelude.grad.any()  # no injection: the prelude feeds the first iteration only
 
 
+def test_freeze_backbone_trains_only_the_stabilisers(base):
+    method = make(base, loops=2, prelude=1, freeze_backbone=True)
+    before = {name: p.detach().clone() for name, p in method.model.named_parameters()}
+    trained = method.trainable_parameters()
+    assert {id(p) for p in trained} == {id(p) for p in method.extras.parameters()}
+    optimizer = torch.optim.AdamW(trained, lr=1e-2)
+    method.model.train()
+    losses = []
+    for _ in range(15):
+        loss, _ = method.loss(EXAMPLES[:8], step=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]  # the loop-wise LoRA and e_t alone lower the loss
+    assert all(torch.equal(p, before[name]) for name, p in method.model.named_parameters())
+
+
 def test_a_tiny_depth_run_learns_through_the_trainer(base, tmp_path):
     method = make(base, loops=2, loops_random="uniform", prelude=1, backprop_loops=2)
     config = TrainConfig(steps=24, batch_size=8, lr=3e-3, warmup_steps=0, save_every=0, log_with="none",

@@ -173,6 +173,7 @@ class SLRConfig(CoconutConfig):
     injection: bool = True  # + h_0 (the prelude's output) after every iteration
     backprop_loops: int | None = None  # gradients through the last k iterations only; default all
     halt_on: str = choices("none", "change", "kl", default="none")  # per-token halting below halt_threshold
+    freeze_backbone: bool = False  # train only the stabilisers (loop-wise LoRA, e_t) on a frozen pretrained model
 
     positive_keys = CoconutConfig.positive_keys + ("timestep_scale", "loop_lora_r", "loop_lora_loops", "loops",
                                                    "eval_loops", "backprop_loops")
@@ -180,7 +181,7 @@ class SLRConfig(CoconutConfig):
         key for key in CoconutConfig.keys() if key not in MethodConfig.keys()
     ) + ("residual", "residual_mode", "halting", "halt_probability", "halt_weight", "distill_weight")
     depth_keys = ("prelude", "coda", "loops", "loops_random", "eval_loops", "injection",
-                                             "backprop_loops", "halt_on")
+                                             "backprop_loops", "halt_on", "freeze_backbone")
 
     def check(self) -> None:
         super().check()

@@ -26,7 +26,9 @@ Training is plain SFT of the answer with no chain of thought, as `no-cot` trains
 poisson T = 1 + Poisson(loops - 1), uniform T ~ U{1 .. 2 loops - 1} (a function of the step, so a resumed run
 draws the same). With `backprop_loops` k, the first T - k iterations run without gradient: the loss reaches the
 core's weights and iteration t's stabilisers through the last k iterations only, and the prelude and the
-embeddings through h_0, injected in each of them (Huginn's truncation, Geiping et al. 2025).
+embeddings through h_0, injected in each of them (Huginn's truncation, Geiping et al. 2025). With
+`freeze_backbone` the backbone's weights stay as loaded and only the stabilisers train (loop-wise LoRA, e_t):
+the proposal's second way to train, on a frozen pretrained model.
 
 Answering (greedy, or self-consistency) is incremental: iteration t has its own KV cache for the core
 layers, and the prelude and coda share one (their layer indices never collide), so a new token runs
@@ -117,6 +119,8 @@ class DepthLoop(ExtraModules, NoCoT):
         self.core = range(config.prelude, len(layers) - config.coda)
         self.coda = range(self.core.stop, len(layers))
         self.step_loops = config.loops  # T of the training step in progress (set by `loss`)
+        if config.freeze_backbone:
+            model.requires_grad_(False)
         self.extras = nn.ModuleDict()
         adapters = config.loop_lora_loops or config.loops  # loop indices with their own adapter and e_t scale
         if config.timestep != "none":
