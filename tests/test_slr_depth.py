@@ -341,6 +341,30 @@ def test_freeze_backbone_trains_only_the_stabilisers(base):
     assert all(torch.equal(p, before[name]) for name, p in method.model.named_parameters())
 
 
+def test_step_weight_trains_each_iteration_readout_on_its_gold_step(base):
+    T = 3
+    method = make(base, loops=T, step_weight=1.0)
+    examples = EXAMPLES[:4]
+    readouts = []
+    inputs = encode_prompts(method.tokenizer, [prompt_text(e) for e in examples], method.device)
+    method.step_loops = T
+    method.run(inputs["input_ids"], inputs["attention_mask"], T, keep=1, readouts=readouts)
+    first = lambda text: method.tokenizer(text, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+    reference = torch.stack([
+        torch.nn.functional.cross_entropy(readouts[t][b : b + 1], torch.tensor([first(e.steps[t])]))
+        for t in range(T - 1) for b, e in enumerate(examples) if t < len(e.steps)]).mean()  # the last is the answer's
+    torch.testing.assert_close(method.step_loss(examples), reference)
+    plain, plain_metrics = make(base, loops=T).loss(examples, step=0)
+    method.model.train()
+    loss, metrics = method.loss(examples, step=0)
+    torch.testing.assert_close(loss, plain + metrics["step_ce"], atol=1e-5, rtol=1e-5)
+    loss.backward()  # iteration T - 1's readout reaches the core through every iteration before it
+    assert all(b.grad[t].abs().sum() > 0 for b in method.extras["loop_lora"].B for t in range(T))
+    one = make(base, loops=1, step_weight=1.0)
+    one.step_loops = 1
+    assert float(one.step_loss(examples)) == 0.0  # T = 1: nothing to supervise, and no NaN from an empty mean
+
+
 def test_a_tiny_depth_run_learns_through_the_trainer(base, tmp_path):
     method = make(base, loops=2, loops_random="uniform", prelude=1, backprop_loops=2)
     config = TrainConfig(steps=24, batch_size=8, lr=3e-3, warmup_steps=0, save_every=0, log_with="none",

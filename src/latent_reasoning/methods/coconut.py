@@ -123,7 +123,7 @@ from .base import (ExtraModules, Method, MethodConfig, Prediction, StepTokens, c
 class CoconutConfig(MethodConfig):
     c: int = 1  # continuous thoughts per replaced reasoning step
     merge_steps: int = 1  # gold steps that form one curriculum step (replaced together by c thoughts)
-    step_weight: float = 0.0  # weight of decoding each latent step from its own thoughts (SIM-CoT; docstring)
+    step_weight: float = 0.0  # weight of decoding each step from its thoughts, or (loop=depth) its iteration; docstrings
     step_decode: str = choices("all", "last", default="all")  # under merge_steps: decode the g steps, or the last
     stages: int = 3  # K, the last stage that replaces steps one by one; stage K + 1 makes every step latent
     steps_per_stage: int = 100  # optimizer steps per stage (see the module docstring for the paper's epochs)
@@ -177,8 +177,8 @@ class SLRConfig(CoconutConfig):
 
     positive_keys = CoconutConfig.positive_keys + ("timestep_scale", "loop_lora_r", "loop_lora_loops", "loops",
                                                    "eval_loops", "backprop_loops")
-    thoughts_keys = tuple(
-        key for key in CoconutConfig.keys() if key not in MethodConfig.keys()
+    thoughts_keys = tuple(  # step_weight serves both loops
+        key for key in CoconutConfig.keys() if key not in MethodConfig.keys() and key != "step_weight"
     ) + ("residual", "residual_mode", "halting", "halt_probability", "halt_weight", "distill_weight")
     depth_keys = ("prelude", "coda", "loops", "loops_random", "eval_loops", "injection",
                                              "backprop_loops", "halt_on", "freeze_backbone")

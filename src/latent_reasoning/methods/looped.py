@@ -30,6 +30,15 @@ embeddings through h_0, injected in each of them (Huginn's truncation, Geiping e
 `freeze_backbone` the backbone's weights stay as loaded and only the stabilisers train (loop-wise LoRA, e_t):
 the proposal's second way to train, on a frozen pretrained model.
 
+With `step_weight` w > 0 the iterations are also told what to compute (step-level supervision, ours: as coconut's
+step_weight and SIM-CoT supervise each thought): at the question's last position p, iteration t's readout (the coda
+and head over h_t) is trained to give the first token s_t of gold step t, for t <= min(T - 1, steps); the last
+iteration's readout at p is the answer's own next token, so T = steps + 1 supervises every step:
+
+    L += w mean_{b, t} - log p_t(s_t | x)           p_t = softmax(lm_head(norm(D(h_t))))_p
+
+read from a second pass over the questions alone (the states at p do not depend on what follows p).
+
 Answering (greedy, or self-consistency) is incremental: iteration t has its own KV cache for the core
 layers, and the prelude and coda share one (their layer indices never collide), so a new token runs
 P, C_1 .. C_T, D once against the keys and values every earlier token left at the same layer and iteration:
@@ -59,6 +68,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
@@ -137,7 +147,8 @@ class DepthLoop(ExtraModules, NoCoT):
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, ids: torch.Tensor, mask: torch.Tensor, loops: int, caches: Caches | None = None,
             keep: int | None = None, halt: bool = False,
-            on_iteration: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> Pass:
+            on_iteration: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+            readouts: list[torch.Tensor] | None = None) -> Pass:
         """The depth loop over new tokens `ids` [B, n]; `mask` [B, past + n] covers the cached positions and
         the new ones (0 on padding). The logits are those of the last `keep` positions (default all).
 
@@ -147,6 +158,8 @@ class DepthLoop(ExtraModules, NoCoT):
 
         With `on_iteration` (on caches; `latent inspect`) each iteration t that runs is followed by
         on_iteration(t, h_t at the last position [B, d], log p_t [B, V]), p_t read as kl halting reads it.
+        With `readouts` (no caches; step_weight) the logits [B, V] of each iteration's readout at the last
+        position are appended to it.
         """
         config, decoder = self.config, self.model.get_decoder()
         x = self.model.get_input_embeddings()(ids)
@@ -180,6 +193,8 @@ class DepthLoop(ExtraModules, NoCoT):
             h = new
             if on_iteration is not None:
                 on_iteration(t, h[:, -1], self.peek(h, layer_inputs, outer))
+            if readouts is not None:
+                readouts.append(self.head(self.layers(self.coda, h, layer_inputs, None)[:, -1]))
             if halt and t < loops:
                 watched = self.peek(h, layer_inputs, outer) if config.halt_on == "kl" else h[:, -1].float()
                 if t >= 2:
@@ -268,7 +283,28 @@ class DepthLoop(ExtraModules, NoCoT):
         self._extras_on_device()
         self.step_loops = self.training_loops(step)
         loss, metrics = super().loss(examples, step)
-        return loss, {**metrics, "loops": float(self.step_loops)}
+        metrics["loops"] = float(self.step_loops)
+        if self.config.step_weight > 0:
+            step_ce = self.step_loss(examples)
+            loss = loss + self.config.step_weight * step_ce
+            metrics["step_ce"] = float(step_ce.detach())
+        return loss, metrics
+
+    def step_loss(self, examples: list[Example]) -> torch.Tensor:
+        """The mean cross-entropy of iteration t's readout at the question's last position against the first token
+        of gold step t, over every example and t <= min(T - 1, its steps) (module docstring)."""
+        T = self.step_loops
+        targets = torch.full((T, len(examples)), -100, dtype=torch.long)
+        for b, example in enumerate(examples):
+            for t, step_text in enumerate(example.steps[: T - 1]):
+                targets[t, b] = self.tokenizer(step_text, add_special_tokens=False)["input_ids"][0]
+        if not (targets != -100).any():  # T = 1 (a drawn T, say): no iteration before the answer's own
+            return torch.zeros((), device=self.device)
+        inputs = encode_prompts(self.tokenizer, [prompt_text(e) for e in examples], self.device)
+        readouts: list[torch.Tensor] = []
+        self.run(inputs["input_ids"], inputs["attention_mask"], T, keep=1, readouts=readouts)
+        return F.cross_entropy(torch.stack(readouts).flatten(0, 1).float(), targets.flatten().to(self.device),
+                               ignore_index=-100)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
         return self.run(input_ids, attention_mask, self.step_loops, keep=keep).logits
