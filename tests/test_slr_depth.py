@@ -354,7 +354,7 @@ def test_step_weight_trains_each_iteration_readout_on_its_gold_step(base):
         torch.nn.functional.cross_entropy(readouts[t][b : b + 1], torch.tensor([first(e.steps[t])]))
         for t in range(T - 1) for b, e in enumerate(examples) if t < len(e.steps)]).mean()  # the last is the answer's
     torch.testing.assert_close(method.step_loss(examples), reference)
-    plain, plain_metrics = make(base, loops=T).loss(examples, step=0)
+    plain, _ = make(base, loops=T).loss(examples, step=0)
     method.model.train()
     loss, metrics = method.loss(examples, step=0)
     torch.testing.assert_close(loss, plain + metrics["step_ce"], atol=1e-5, rtol=1e-5)
