@@ -339,6 +339,8 @@ def test_freeze_backbone_trains_only_the_stabilisers(base):
         losses.append(float(loss))
     assert losses[-1] < losses[0]  # the loop-wise LoRA and e_t alone lower the loss
     assert all(torch.equal(p, before[name]) for name, p in method.model.named_parameters())
+    with pytest.raises(ConfigError, match="freeze_backbone=true with lora=true"):  # it would freeze the adapter
+        methods.get("slr").Config(loop="depth", freeze_backbone=True, lora=True).check()
 
 
 def test_step_weight_trains_each_iteration_readout_on_its_gold_step(base):

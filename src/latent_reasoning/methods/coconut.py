@@ -189,6 +189,9 @@ class SLRConfig(CoconutConfig):
             raise ConfigError(f"timestep_dim={self.timestep_dim}: must be an even number of at least 2")
         if self.halt_probability > 1.0:
             raise ConfigError(f"halt_probability={self.halt_probability}: must lie in [0, 1]")
+        if self.freeze_backbone and self.lora:
+            raise ConfigError("freeze_backbone=true with lora=true: freezing the backbone would freeze its adapter too; "
+                              "choose one")
         other, keys = ("depth", self.depth_keys) if self.loop == "thoughts" else ("thoughts", self.thoughts_keys)
         defaults = {f.name: f.default for f in fields(self)}
         for key in keys:
