@@ -37,7 +37,7 @@ iteration's readout at p is the answer's own next token, so T = steps + 1 superv
 
     L += w mean_{b, t} - log p_t(s_t | x)           p_t = softmax(lm_head(norm(D(h_t))))_p
 
-read from a second pass over the questions alone (the states at p do not depend on what follows p).
+read from the training pass itself: the states at p do not depend on what follows p.
 
 Answering (greedy, or self-consistency) is incremental: iteration t has its own KV cache for the core
 layers, and the prelude and coda share one (their layer indices never collide), so a new token runs
@@ -75,7 +75,7 @@ from transformers.masking_utils import create_causal_mask
 
 from ..config import ConfigError
 from ..tasks import Example
-from .base import ExtraModules, Prediction, encode_prompts, majority_vote, prompt_text
+from .base import Batch, ExtraModules, Prediction, encode_prompts, majority_vote, prompt_text
 from .coconut import LoopLoRA, SLRConfig, TimestepEmbedding, mean_embedding_norm, relative_change, rescale
 from .sft import NoCoT
 
@@ -148,7 +148,7 @@ class DepthLoop(ExtraModules, NoCoT):
     def run(self, ids: torch.Tensor, mask: torch.Tensor, loops: int, caches: Caches | None = None,
             keep: int | None = None, halt: bool = False,
             on_iteration: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-            readouts: list[torch.Tensor] | None = None) -> Pass:
+            readouts: list[torch.Tensor] | None = None, readout_at: torch.Tensor | None = None) -> Pass:
         """The depth loop over new tokens `ids` [B, n]; `mask` [B, past + n] covers the cached positions and
         the new ones (0 on padding). The logits are those of the last `keep` positions (default all).
 
@@ -158,8 +158,8 @@ class DepthLoop(ExtraModules, NoCoT):
 
         With `on_iteration` (on caches; `latent inspect`) each iteration t that runs is followed by
         on_iteration(t, h_t at the last position [B, d], log p_t [B, V]), p_t read as kl halting reads it.
-        With `readouts` (no caches; step_weight) the logits [B, V] of each iteration's readout at the last
-        position are appended to it.
+        With `readouts` (no caches; step_weight) the logits [B, V] of each iteration's readout at position
+        `readout_at` [B] of each row (default the last) are appended to it.
         """
         config, decoder = self.config, self.model.get_decoder()
         x = self.model.get_input_embeddings()(ids)
@@ -194,7 +194,9 @@ class DepthLoop(ExtraModules, NoCoT):
             if on_iteration is not None:
                 on_iteration(t, h[:, -1], self.peek(h, layer_inputs, outer))
             if readouts is not None:
-                readouts.append(self.head(self.layers(self.coda, h, layer_inputs, None)[:, -1]))
+                read = self.layers(self.coda, h, layer_inputs, None)
+                read = read[:, -1] if readout_at is None else read[torch.arange(len(read)), readout_at]
+                readouts.append(self.head(read))
             if halt and t < loops:
                 watched = self.peek(h, layer_inputs, outer) if config.halt_on == "kl" else h[:, -1].float()
                 if t >= 2:
@@ -282,29 +284,39 @@ class DepthLoop(ExtraModules, NoCoT):
     def loss(self, examples: list[Example], step: int):
         self._extras_on_device()
         self.step_loops = self.training_loops(step)
+        self.step_terms = []  # (summed step cross-entropy, targets) of each batch `summed_cross_entropy` runs
         loss, metrics = super().loss(examples, step)
         metrics["loops"] = float(self.step_loops)
         if self.config.step_weight > 0:
-            step_ce = self.step_loss(examples)
+            count = sum(n for _, n in self.step_terms)
+            # T = 1 (a drawn T, say) leaves no iteration before the answer's own: nothing to supervise
+            step_ce = sum(s for s, _ in self.step_terms) / count if count else torch.zeros((), device=self.device)
             loss = loss + self.config.step_weight * step_ce
             metrics["step_ce"] = float(step_ce.detach())
         return loss, metrics
 
-    def step_loss(self, examples: list[Example]) -> torch.Tensor:
-        """The mean cross-entropy of iteration t's readout at the question's last position against the first token
-        of gold step t, over every example and t <= min(T - 1, its steps) (module docstring)."""
+    def summed_cross_entropy(self, batch: Batch, examples: list[Example]) -> torch.Tensor:
+        """The answer's summed cross-entropy, as no-cot's; with step_weight the same pass also reads iteration t's
+        readout at each row's question end p (the position that predicts the target's first token) and records
+        its summed cross-entropy against the first token of gold step t, t <= min(T - 1, its steps)."""
+        if self.config.step_weight <= 0:
+            return super().summed_cross_entropy(batch, examples)
         T = self.step_loops
         targets = torch.full((T, len(examples)), -100, dtype=torch.long)
         for b, example in enumerate(examples):
             for t, step_text in enumerate(example.steps[: T - 1]):
                 targets[t, b] = self.tokenizer(step_text, add_special_tokens=False)["input_ids"][0]
-        if not (targets != -100).any():  # T = 1 (a drawn T, say): no iteration before the answer's own
-            return torch.zeros((), device=self.device)
-        inputs = encode_prompts(self.tokenizer, [prompt_text(e) for e in examples], self.device)
+        labels = batch.labels.to(self.device)
+        scored = labels[:, 1:] != -100
+        first = int(scored.any(0).int().argmax())
         readouts: list[torch.Tensor] = []
-        self.run(inputs["input_ids"], inputs["attention_mask"], T, keep=1, readouts=readouts)
-        return F.cross_entropy(torch.stack(readouts).flatten(0, 1).float(), targets.flatten().to(self.device),
-                               ignore_index=-100)
+        logits = self.run(batch.input_ids.to(self.device), batch.attention_mask.to(self.device), T,
+                          keep=labels.shape[1] - first, readouts=readouts, readout_at=scored.int().argmax(1)).logits
+        self.step_terms.append((F.cross_entropy(torch.stack(readouts).flatten(0, 1).float(),
+                                                targets.flatten().to(self.device), ignore_index=-100, reduction="sum"),
+                                int((targets != -100).sum())))
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
+                               ignore_index=-100, reduction="sum")
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
         return self.run(input_ids, attention_mask, self.step_loops, keep=keep).logits

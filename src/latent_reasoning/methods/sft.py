@@ -61,12 +61,13 @@ class SFTMethod(Method):
         total = 0.0
         for bucket in length_buckets([len(ids) for ids, _ in pairs]):
             batch = pad_pairs([pairs[i] for i in bucket], self.tokenizer.pad_token_id)
-            total = total + self.summed_cross_entropy(batch)
+            total = total + self.summed_cross_entropy(batch, [examples[i] for i in bucket])
         return total / max(scored, 1), {"tokens": float(sum(len(ids) for ids, _ in pairs))}
 
-    def summed_cross_entropy(self, batch: Batch) -> torch.Tensor:
+    def summed_cross_entropy(self, batch: Batch, examples: list[Example]) -> torch.Tensor:
         """Summed over the target tokens; logits only from the first position that predicts one (the prompt
-        before it is read, but its logits, which no label scores, are never computed)."""
+        before it is read, but its logits, which no label scores, are never computed). `examples` are the
+        batch's rows, for a method that also scores something else in the same pass (slr's step_weight)."""
         labels = batch.labels.to(self.device)
         first = int((labels[:, 1:] != -100).any(0).int().argmax())
         logits = self.logits(batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
