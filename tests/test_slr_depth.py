@@ -377,6 +377,10 @@ def test_a_tiny_depth_run_learns_through_the_trainer(base, tmp_path):
     assert last < 0.5 * first, (first, last)
     poisson = make(base, loops=3, loops_random="poisson")
     assert sum(poisson.training_loops(step) for step in range(400)) / 400 == pytest.approx(3, abs=0.25)
+    for kind in ("uniform", "poisson"):  # at least loops_min, the mean kept
+        drawn = [make(base, loops=6, loops_min=4, loops_random=kind).training_loops(step) for step in range(400)]
+        assert min(drawn) == 4 and sum(drawn) / 400 == pytest.approx(6, abs=0.3)
+    assert max(make(base, loops=6, loops_min=4, loops_random="uniform").training_loops(s) for s in range(400)) == 8
 
 
 def test_train_then_sweep_test_time_loops_and_inspect_from_the_command_line(tmp_path, capsys):
@@ -408,6 +412,8 @@ def test_train_then_sweep_test_time_loops_and_inspect_from_the_command_line(tmp_
     ({"loop": "depth", "halt_on": "sometimes"}, "halt_on"),
     ({"loop": "depth", "loops": 0}, "loops"),
     ({"loop": "depth", "loops_random": "normal"}, "loops_random"),
+    ({"loop": "depth", "loops_random": "uniform", "loops": 3, "loops_min": 4}, "loops_min=4 is above loops=3"),
+    ({"loop": "depth", "loops_min": 2}, "loops_random=none"),
 ])
 def test_config_errors_name_the_key(values, named):
     with pytest.raises(ConfigError, match=named):

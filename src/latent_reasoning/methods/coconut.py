@@ -169,6 +169,7 @@ class SLRConfig(CoconutConfig):
     coda: int = 0  # last decoder layers, run once after it; the layers between are the looped core
     loops: int = 4  # T, core iterations in training (the mean when loops_random draws them)
     loops_random: str = choices("none", "poisson", "uniform", default="none")  # draw T per training step
+    loops_min: int = 1  # the least T a draw gives (the mean stays `loops`)
     eval_loops: int | None = None  # T at answer time; default loops
     injection: bool = True  # + h_0 (the prelude's output) after every iteration
     backprop_loops: int | None = None  # gradients through the last k iterations only; default all
@@ -176,11 +177,11 @@ class SLRConfig(CoconutConfig):
     freeze_backbone: bool = False  # train only the stabilisers (loop-wise LoRA, e_t) on a frozen pretrained model
 
     positive_keys = CoconutConfig.positive_keys + ("timestep_scale", "loop_lora_r", "loop_lora_loops", "loops",
-                                                   "eval_loops", "backprop_loops")
+                                                   "eval_loops", "backprop_loops", "loops_min")
     thoughts_keys = tuple(  # step_weight serves both loops
         key for key in CoconutConfig.keys() if key not in MethodConfig.keys() and key != "step_weight"
     ) + ("residual", "residual_mode", "halting", "halt_probability", "halt_weight", "distill_weight")
-    depth_keys = ("prelude", "coda", "loops", "loops_random", "eval_loops", "injection",
+    depth_keys = ("prelude", "coda", "loops", "loops_random", "loops_min", "eval_loops", "injection",
                                              "backprop_loops", "halt_on", "freeze_backbone")
 
     def check(self) -> None:
@@ -189,6 +190,11 @@ class SLRConfig(CoconutConfig):
             raise ConfigError(f"timestep_dim={self.timestep_dim}: must be an even number of at least 2")
         if self.halt_probability > 1.0:
             raise ConfigError(f"halt_probability={self.halt_probability}: must lie in [0, 1]")
+        if self.loops_min > self.loops:
+            raise ConfigError(f"loops_min={self.loops_min} is above loops={self.loops}, the mean T of the draws")
+        if self.loops_min != 1 and self.loops_random == "none":
+            raise ConfigError(f"loops_min={self.loops_min} with loops_random=none: T is always loops={self.loops}; "
+                              "set loops_random=poisson or uniform to draw it")
         if self.freeze_backbone and self.lora:
             raise ConfigError("freeze_backbone=true with lora=true: freezing the backbone would freeze its adapter too; "
                               "choose one")

@@ -22,8 +22,8 @@ each of the two alone kept it at the marginal answer. The modules a checkpoint t
 config; switching one off at answer time skips it (a test-time ablation).
 
 Training is plain SFT of the answer with no chain of thought, as `no-cot` trains ("question\\n", then
-"#### answer"; its batches), with T = `loops`, or, with `loops_random`, drawn per step with mean `loops`:
-poisson T = 1 + Poisson(loops - 1), uniform T ~ U{1 .. 2 loops - 1} (a function of the step, so a resumed run
+"#### answer"; its batches), with T = `loops`, or, with `loops_random`, drawn per step with mean `loops` and at least m = `loops_min`:
+poisson T = m + Poisson(loops - m), uniform T ~ U{m .. 2 loops - m} (a function of the step, so a resumed run
 draws the same). With `backprop_loops` k, the first T - k iterations run without gradient: the loss reaches the
 core's weights and iteration t's stabilisers through the last k iterations only, and the prelude and the
 embeddings through h_0, injected in each of them (Huginn's truncation, Geiping et al. 2025). With
@@ -273,12 +273,12 @@ class DepthLoop(ExtraModules, NoCoT):
     # -- training ----------------------------------------------------------------------------------
     def training_loops(self, step: int) -> int:
         """T at training step `step`: `loops`, or drawn with mean `loops` (loops_random), seeded by the step."""
-        config = self.config
+        config, least = self.config, self.config.loops_min
         draw = np.random.default_rng(step)
         if config.loops_random == "poisson":
-            return 1 + int(draw.poisson(config.loops - 1))
+            return least + int(draw.poisson(config.loops - least))
         if config.loops_random == "uniform":
-            return int(draw.integers(1, 2 * config.loops))
+            return int(draw.integers(least, 2 * config.loops - least + 1))
         return config.loops
 
     def loss(self, examples: list[Example], step: int):
