@@ -129,6 +129,8 @@ class DepthLoop(ExtraModules, NoCoT):
         self.core = range(config.prelude, len(layers) - config.coda)
         self.coda = range(self.core.stop, len(layers))
         self.step_loops = config.loops  # T of the training step in progress (set by `loss`)
+        self.step_terms: list[tuple[torch.Tensor, int]] = []  # step_weight's (summed cross-entropy, targets) a batch
+        self._first_tokens: dict[str, int] = {}  # each gold step's first token id, tokenized once
         if config.freeze_backbone:
             model.requires_grad_(False)
         self.extras = nn.ModuleDict()
@@ -284,7 +286,7 @@ class DepthLoop(ExtraModules, NoCoT):
     def loss(self, examples: list[Example], step: int):
         self._extras_on_device()
         self.step_loops = self.training_loops(step)
-        self.step_terms = []  # (summed step cross-entropy, targets) of each batch `summed_cross_entropy` runs
+        self.step_terms = []  # filled by `summed_cross_entropy`, one entry per batch it runs
         loss, metrics = super().loss(examples, step)
         metrics["loops"] = float(self.step_loops)
         if self.config.step_weight > 0:
@@ -305,7 +307,7 @@ class DepthLoop(ExtraModules, NoCoT):
         targets = torch.full((T, len(examples)), -100, dtype=torch.long)
         for b, example in enumerate(examples):
             for t, step_text in enumerate(example.steps[: T - 1]):
-                targets[t, b] = self.tokenizer(step_text, add_special_tokens=False)["input_ids"][0]
+                targets[t, b] = self.first_token(step_text)
         labels = batch.labels.to(self.device)
         scored = labels[:, 1:] != -100
         first = int(scored.any(0).int().argmax())
@@ -317,6 +319,12 @@ class DepthLoop(ExtraModules, NoCoT):
                                 int((targets != -100).sum())))
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
                                ignore_index=-100, reduction="sum")
+
+    def first_token(self, text: str) -> int:
+        """The first token id of `text`, tokenized once: training meets every example's steps again each epoch."""
+        if text not in self._first_tokens:
+            self._first_tokens[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"][0]
+        return self._first_tokens[text]
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
         return self.run(input_ids, attention_mask, self.step_loops, keep=keep).logits
