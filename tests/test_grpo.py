@@ -2,6 +2,7 @@
 gradient on a real rollout, zero-spread groups, the KL to the reference, reused rollouts, pass@k at
 evaluation, and short runs through the trainer that log the diagnostics."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,14 @@ import torch
 from latent_reasoning import backbones, tasks
 from latent_reasoning.config import ConfigError
 from latent_reasoning.evaluate import evaluate
-from latent_reasoning.methods.base import distinct_per_group, filter_logits, zero_spread
+from latent_reasoning.methods import grpo as grpo_module
+from latent_reasoning.methods.base import (
+    distinct_per_group,
+    filter_logits,
+    shared_prompt_log_softmax,
+    tail_log_softmax,
+    zero_spread,
+)
 from latent_reasoning.methods.grpo import (
     GRPO,
     GRPOConfig,
@@ -212,6 +220,107 @@ def test_a_rollout_is_reused_for_its_updates_against_the_policy_that_sampled_it(
     assert second is first and third is not first  # steps 0 and 1 share a rollout; step 2 samples anew
     assert torch.equal(old_again["tokens"], old["tokens"])  # pi_old stays the sampling policy
     assert before["clipped"] == 0.0 and reused["clipped"] > 0.0 and fresh["clipped"] == 0.0
+
+
+# ---- the teacher-forced pass: each prompt once, its completions over its cache ----------------------------
+
+
+def one_pass(model, prompt_ids, prompt_mask, completion, completion_mask):
+    """The reference: one forward over [prompt repeated k times | completion] (`tail_log_softmax`)."""
+    k = completion.shape[0] // prompt_ids.shape[0]
+    prompt = prompt_ids if completion.dim() == 2 else model.get_input_embeddings()(prompt_ids)
+    mask = torch.cat([prompt_mask.long().repeat_interleave(k, 0), completion_mask.long()], dim=1)
+    return tail_log_softmax(model, torch.cat([prompt.repeat_interleave(k, 0), completion], dim=1), mask,
+                            completion.shape[1])
+
+
+def prompts_and_completions(model, tokenizer, prompt_lengths, completion_lengths, width, seed=0):
+    """Random left-padded prompts [B, P] (mask [B, P]) and right-padded completions [B*k, width] (mask [B*k, width])."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab, pad = model.get_input_embeddings().weight.shape[0], tokenizer.pad_token_id
+    longest = max(prompt_lengths)
+    prompt_ids = torch.full((len(prompt_lengths), longest), pad)
+    prompt_mask = torch.zeros(len(prompt_lengths), longest, dtype=torch.long)
+    for row, length in enumerate(prompt_lengths):
+        prompt_ids[row, longest - length :] = torch.randint(vocab, (length,), generator=generator)
+        prompt_mask[row, longest - length :] = 1
+    lengths = torch.tensor(completion_lengths)
+    completion_mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    completion = torch.randint(vocab, (len(lengths), width), generator=generator).masked_fill(~completion_mask, pad)
+    return prompt_ids, prompt_mask, completion, completion_mask
+
+
+@pytest.mark.parametrize("preset", ["tiny-5m", "tiny-gpt2"])
+@pytest.mark.parametrize("given", ["ids", "embeddings"])
+def test_the_shared_prompt_pass_equals_the_one_pass_and_its_gradients(examples, preset, given):
+    """Prompts of 7, 1 and 5 tokens, 3 completions each of 1 to 6 tokens; as embeddings, the first two
+    positions hold free vectors (lepo's soft tokens). Every position's log-softmax and the gradient of a
+    scalar of them match the one pass (which runs each prompt 3 times)."""
+    model, tokenizer = backbones.load_backbone(preset, texts=texts_of(examples), seed=0)
+    prompt_ids, prompt_mask, ids, completion_mask = prompts_and_completions(
+        model, tokenizer, [7, 1, 5], [6, 1, 3, 2, 6, 5, 4, 1, 6], 6)
+    soft = torch.randn(9, 2, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+
+    def completion():  # built anew for each pass, so that each has its own graph
+        if given == "ids":
+            return ids
+        return torch.cat([soft, model.get_input_embeddings()(ids[:, 2:])], dim=1)
+
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    shared = shared_prompt_log_softmax(model, prompt_ids, prompt_mask, completion(), completion_mask)
+    assert len(calls) == 2  # the prompts once, then the completions: the shared path, not the fallback
+    one = one_pass(model, prompt_ids, prompt_mask, completion(), completion_mask)
+    assert shared.shape == one.shape == (9, 6, model.get_input_embeddings().weight.shape[0])
+    torch.testing.assert_close(shared, one, atol=1e-5, rtol=1e-5)
+
+    weights = torch.randn(one.shape, generator=torch.Generator().manual_seed(2)) * completion_mask.unsqueeze(2)
+    expected = gradients((one * weights).sum(), model)
+    for got, want in zip(gradients((shared * weights).sum(), model), expected):  # fp32 rounding, to each tensor's scale
+        torch.testing.assert_close(got, want, atol=1e-5 * float(want.abs().max()), rtol=1e-4)
+    assert max(float(g.abs().max()) for g in expected) > 1e-3
+
+
+def test_under_gradient_checkpointing_the_shared_prompt_pass_falls_back_to_the_one_pass(examples):
+    """Training with gradient checkpointing, transformers drops the cache: the function takes the one pass."""
+    model, tokenizer = tiny(examples)
+    model.activation_checkpointing_enable()
+    model.train()
+    inputs = prompts_and_completions(model, tokenizer, [4, 2], [3, 1, 2, 3], 3)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    shared = shared_prompt_log_softmax(model, *inputs)
+    assert len(calls) == 1
+    torch.testing.assert_close(shared, one_pass(model, *inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("aggregation", ["sequence", "token"])
+def test_the_loss_and_its_gradient_are_those_of_the_one_pass(task, examples, aggregation, graded_by, monkeypatch):
+    """grpo's loss (with the reference's KL) through the shared prompt pass and through the one pass, on the same
+    rollout of prompts of different lengths, a policy moved from its reference."""
+    model, tokenizer = tiny(examples, seed=9)
+    stub = graded_by(task, lambda text: "1" in text)
+    asked = [examples[0], dataclasses.replace(examples[1], question=examples[1].question * 2), examples[2]]
+    shared = grpo(model, tokenizer, stub, beta=0.3, aggregation=aggregation)
+    with shared.reference():  # make the frozen copy now, then move the policy away from it
+        pass
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    loss, metrics = shared.loss(asked, 0, generator=torch.Generator().manual_seed(5))
+    rollout = shared._rollouts[0]
+    assert len(set(rollout.prompt_mask.sum(1).tolist())) > 1 and metrics["kl"] > 0 and metrics["zero_spread"] < 1
+
+    monkeypatch.setattr(grpo_module, "shared_prompt_log_softmax", one_pass)
+    reference = grpo(model, tokenizer, stub, beta=0.3, aggregation=aggregation)
+    reference._reference_model = shared._reference_model
+    expected, expected_metrics = reference.loss(asked, 0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(reference._rollouts[0].samples.ids, rollout.samples.ids)
+    torch.testing.assert_close(rollout.old["reference"], reference._rollouts[0].old["reference"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-5)
+    assert metrics["kl"] == pytest.approx(expected_metrics["kl"], rel=1e-4, abs=1e-7)
+    for got, want in zip(gradients(loss, model), gradients(expected, model)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
 
 
 # ---- answering and evaluation ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 token and the stored label), both latent estimators against hand computations, gradients through the latent
 and the discrete terms, lepo without soft steps = grpo, answering, and short runs through the trainer."""
 
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from latent_reasoning import backbones, tasks
 from latent_reasoning.config import ConfigError
 from latent_reasoning.latent import gumbel_noise, gumbel_noise_log_density, soft_token
-from latent_reasoning.methods.base import filter_logits, sample
+from latent_reasoning.methods import grpo as grpo_module
+from latent_reasoning.methods.base import filter_logits, sample, tail_log_softmax
 from latent_reasoning.methods.grpo import GRPO, GRPOConfig, aggregate, token_values
 from latent_reasoning.methods.lepo import LEPO, LEPOConfig
 from latent_reasoning.run import build_method, make_run, texts_of
@@ -222,6 +224,36 @@ def test_the_gumbel_density_estimator_on_a_rollout(task, examples, graded_by):
         torch.testing.assert_close(rollout.old["density"][0, t], (-eps - torch.exp(-eps)).sum(), atol=1e-4, rtol=1e-5)
     latent = method.latent_loss(rollout, method.log_softmax(model, rollout)[:, :3])
     torch.testing.assert_close(latent, -rollout.advantages.unsqueeze(1).expand_as(latent), rtol=0, atol=0)
+
+
+def one_pass(model, prompt_ids, prompt_mask, completion, completion_mask):
+    """The reference teacher-forced pass: one forward over [prompt embeddings repeated k times | completion]."""
+    k = completion.shape[0] // prompt_ids.shape[0]
+    prompt = model.get_input_embeddings()(prompt_ids).repeat_interleave(k, 0)
+    mask = torch.cat([prompt_mask.long().repeat_interleave(k, 0), completion_mask.long()], dim=1)
+    return tail_log_softmax(model, torch.cat([prompt, completion], dim=1), mask, completion.shape[1])
+
+
+@pytest.mark.parametrize("estimator", ["soft_label", "gumbel_density"])
+def test_the_loss_and_its_gradient_are_those_of_the_one_pass(task, examples, estimator, graded_by, monkeypatch):
+    """lepo's loss through the shared prompt pass (each prompt once, the completions' embeddings over its cache)
+    and through the one pass over [prompt | completion] embeddings, on the same rollout, prompts of different
+    lengths."""
+    model, tokenizer = tiny(examples, seed=9)
+    stub = graded_by(task, lambda text: "1" in text)
+    asked = [examples[0], dataclasses.replace(examples[1], question=examples[1].question * 2)]
+    shared = lepo(model, tokenizer, stub, estimator=estimator)
+    loss, metrics = shared.loss(asked, 0, generator=seeded(6))
+    rollout = shared._rollouts[0]
+    assert len(set(rollout.prompt_mask.sum(1).tolist())) > 1 and metrics["latent_steps"] > 0 and metrics["zero_spread"] < 1
+
+    monkeypatch.setattr(grpo_module, "shared_prompt_log_softmax", one_pass)
+    reference = lepo(model, tokenizer, stub, estimator=estimator)
+    expected, _ = reference.loss(asked, 0, generator=seeded(6))
+    assert torch.equal(reference._rollouts[0].samples.ids, rollout.samples.ids)
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-5)
+    for got, want in zip(gradients(loss, model), gradients(expected, model)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
 
 
 def test_without_soft_steps_lepo_is_grpo(task, examples, graded_by):

@@ -15,6 +15,7 @@ from typing import Any, Hashable
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ..config import Config, choices
 from ..latent import soft_token
@@ -588,6 +589,49 @@ def tail_log_softmax(model, inputs: torch.Tensor, attention_mask: torch.Tensor, 
     given = {"input_ids": inputs} if inputs.dim() == 2 else {"inputs_embeds": inputs}
     logits = model(**given, attention_mask=attention_mask, position_ids=positions, use_cache=False,
                    logits_to_keep=width + 1).logits[:, :-1]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def shared_prompt_log_softmax(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion: torch.Tensor,
+                              completion_mask: torch.Tensor) -> torch.Tensor:
+    """`tail_log_softmax` over rows [prompt b | completion n] with each of the B left-padded prompts [B, P] run once
+    for its k = N / B completions [N, T] (ids, or embeddings [N, T, H]; right-padded, `completion_mask` [N, T]).
+
+    Why: a group's k rows share their prompt, and the one-pass form runs it (forward and backward) k times. Here
+    the prompts but their last token go through the model once, with gradient, into a DynamicCache; each layer's
+    keys and values are repeated k times along the batch (repeat_interleave: their gradients sum back over the
+    group, so the maths is unchanged); then [the prompt's last token | completion tokens 0..T-2] run against them,
+    with the mask over [prompt | completion] and the one pass's position ids, and give all T logits (the prompt's
+    last token predicts completion token 0; the completion's last token predicts nothing we score). The last
+    prompt token runs k times so that every logit comes from that one pass: [N, T, V]; differentiable.
+
+    Falls back to the one pass where the cache cannot be trusted to reproduce it: a cache layer other than the
+    plain full-attention DynamicLayer (sliding windows drop keys, linear-attention or hybrid layers keep other
+    states), or activation checkpointing while training (transformers then drops the cache); and for one-token
+    prompts, which leave nothing to share.
+    """
+    k = completion.shape[0] // prompt_ids.shape[0]
+    length, width = prompt_ids.shape[1], completion.shape[1]
+    mask = torch.cat([prompt_mask.long().repeat_interleave(k, 0), completion_mask.long()], dim=1)
+    embed = model.get_input_embeddings()
+    cache = DynamicCache(config=model.config)
+    checkpointing = model.training and torch.is_grad_enabled() and any(
+        getattr(module, "gradient_checkpointing", False) for module in model.modules())
+    if length < 2 or checkpointing or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        prompt = prompt_ids if completion.dim() == 2 else embed(prompt_ids)
+        return tail_log_softmax(model, torch.cat([prompt.repeat_interleave(k, 0), completion], dim=1), mask, width)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # the one pass's
+    model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1].long(),
+          position_ids=positions[::k, : length - 1], cache=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(k)
+    last = prompt_ids[:, -1:].repeat_interleave(k, 0)  # a real token in every row: the prompts are left-padded
+    if completion.dim() == 2:
+        given = {"input_ids": torch.cat([last, completion[:, : width - 1]], dim=1)}
+    else:
+        given = {"inputs_embeds": torch.cat([embed(last), completion[:, : width - 1]], dim=1)}
+    seen = length + width - 1
+    logits = model(**given, attention_mask=mask[:, :seen], position_ids=positions[:, length - 1 : seen], cache=cache,
+                   use_cache=True).logits
     return torch.log_softmax(logits.float(), dim=-1)
 
 

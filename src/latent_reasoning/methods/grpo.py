@@ -38,6 +38,9 @@ temperature 1, top-k 30, top-p 0.95, eps 1e-4, beta effectively 0, mu = 2):
 - "States an answer" (the format reward) is: the text holds the answer marker "####" with something
   after it; the reward reads the decoded completion without special tokens.
 - A rollout cut at `completion_tokens` keeps its tokens and its graded reward (TRL's default).
+- log pi_theta and log pi_ref of the completions come from each question's prompt run once and its G
+  completions over its KV cache (`base.shared_prompt_log_softmax`): the values of one pass over
+  [prompt | completion] per row up to rounding, at about 1/G of the prompt's cost (TRL runs it G times).
 - The cached rollouts of mu > 1 are not checkpointed: a run resumed between their updates samples
   afresh.
 
@@ -63,7 +66,7 @@ from .base import (
     SoftThinking,
     distinct_per_group,
     sample,
-    tail_log_softmax,
+    shared_prompt_log_softmax,
     zero_spread,
 )
 
@@ -213,14 +216,16 @@ class GRPO(RolloutMethod):
         return self._rollouts[micro]
 
     # -- the teacher-forced pass ---------------------------------------------------------------------
-    def inputs(self, model, rollout: Rollout) -> torch.Tensor:
-        """What the teacher-forced pass reads: [prompt | completion] ids (lepo: embeddings, its soft tokens spliced in)."""
-        k = rollout.samples.ids.shape[0] // rollout.prompt_ids.shape[0]
-        return torch.cat([rollout.prompt_ids.repeat_interleave(k, 0), rollout.samples.ids], dim=1)
+    def completion_inputs(self, model, rollout: Rollout) -> torch.Tensor:
+        """What the teacher-forced pass reads after the prompt: the completion ids [N, T] (lepo: embeddings, its
+        soft tokens spliced in)."""
+        return rollout.samples.ids
 
     def log_softmax(self, model, rollout: Rollout) -> torch.Tensor:
-        """log pi(. | x, o_<t) at every completion position, [N, T, V], from one pass of `model`."""
-        return tail_log_softmax(model, self.inputs(model, rollout), rollout.attention_mask, rollout.samples.ids.shape[1])
+        """log pi(. | x, o_<t) at every completion position, [N, T, V]: each prompt run once, its G completions
+        over its cache."""
+        return shared_prompt_log_softmax(model, rollout.prompt_ids, rollout.prompt_mask,
+                                         self.completion_inputs(model, rollout), rollout.completion_mask)
 
     @torch.no_grad()
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:

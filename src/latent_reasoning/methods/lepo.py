@@ -18,8 +18,8 @@ grades the text of all visible tokens (v_1..v_L, then the sampled ones), and adv
 noise=none is deterministic soft thinking, the latent baseline: y_t = softmax(s_t / tau), one path per
 question, so every group has zero spread unless the discrete tail differs.
 
-Objective. One forward pass over the stored inputs (the prompt, e_t for t <= L, detached, and the
-sampled tokens after) gives log pi_theta at every completion position, and
+Objective. A teacher-forced pass over the stored inputs (the prompt, run once per question as in grpo,
+e_t for t <= L, detached, and the sampled tokens after) gives log pi_theta at every completion position, and
 
     J = agg_{i,t} [ 1[t <= L] J^lat_{i,t} + 1[t > L] J^disc_{i,t} - beta D_{i,t} ],
     J^disc_{i,t} = min( rho_{i,t} A_i, clip(rho_{i,t}, 1 - eps_c, 1 + eps_c) A_i )      grpo's term on the sampled tokens
@@ -114,14 +114,12 @@ class LEPO(GRPO):
             label_k=min(config.top_k, self.model.get_input_embeddings().weight.shape[0]),
         )
 
-    def inputs(self, model, rollout: Rollout) -> torch.Tensor:
-        """[prompt | completion] embeddings with each soft step's stored e_t (detached) in place of its visible token."""
-        ids = super().inputs(model, rollout)
+    def completion_inputs(self, model, rollout: Rollout) -> torch.Tensor:
+        """Completion embeddings [N, T, H] with each soft step's stored e_t (detached) in place of its visible token."""
         samples = rollout.samples
-        soft = torch.zeros_like(ids, dtype=torch.bool)
-        start = rollout.prompt_ids.shape[1]
-        soft[:, start : start + samples.soft_mask.shape[1]] = samples.soft_mask
-        return splice(model.get_input_embeddings()(ids), soft, samples.soft_embeds[samples.soft_mask])
+        soft = torch.zeros_like(samples.ids, dtype=torch.bool)
+        soft[:, : samples.soft_mask.shape[1]] = samples.soft_mask
+        return splice(model.get_input_embeddings()(samples.ids), soft, samples.soft_embeds[samples.soft_mask])
 
     def policy_loss(self, rollout: Rollout, log_probs: torch.Tensor, token_logp: torch.Tensor) -> torch.Tensor:
         """grpo's clipped term on the sampled tokens, the latent term on the soft steps."""
