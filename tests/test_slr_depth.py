@@ -343,12 +343,16 @@ def test_freeze_backbone_trains_only_the_stabilisers(base):
         methods.get("slr").Config(loop="depth", freeze_backbone=True, lora=True).check()
 
 
-def test_step_weight_trains_each_iteration_readout_on_its_gold_step(base):
+@pytest.mark.parametrize("step_readout", ["question", "answer"])
+def test_step_weight_trains_each_iteration_readout_on_its_gold_step(base, step_readout):
     T = 3
-    method = make(base, loops=T, step_weight=0.5)
+    method = make(base, loops=T, step_weight=0.5, step_readout=step_readout)
     examples = EXAMPLES[:4] + SHORT[:2]  # rows of different lengths: each question ends at its own position
-    readouts = []  # the reference: a separate pass over the questions alone, read at their last position
-    inputs = encode_prompts(method.tokenizer, [prompt_text(e) for e in examples], method.device)
+    # the reference: a separate pass over the questions alone (or followed by the answer marker "####", after which
+    # the answer's value comes), read at their last position
+    read = [prompt_text(e) + ("####" if step_readout == "answer" else "") for e in examples]
+    readouts = []
+    inputs = encode_prompts(method.tokenizer, read, method.device)
     method.run(inputs["input_ids"], inputs["attention_mask"], T, keep=1, readouts=readouts)
     first = lambda text: method.tokenizer(text, add_special_tokens=False)["input_ids"][0]  # noqa: E731
     reference = torch.stack([

@@ -174,6 +174,7 @@ class SLRConfig(CoconutConfig):
     injection: bool = True  # + h_0 (the prelude's output) after every iteration
     backprop_loops: int | None = None  # gradients through the last k iterations only; default all
     halt_on: str = choices("none", "change", "kl", default="none")  # per-token halting below halt_threshold
+    step_readout: str = choices("question", "answer", default="question")  # where step_weight reads each iteration
     freeze_backbone: bool = False  # train only the stabilisers (loop-wise LoRA, e_t) on a frozen pretrained model
 
     positive_keys = CoconutConfig.positive_keys + ("timestep_scale", "loop_lora_r", "loop_lora_loops", "loops",
@@ -182,7 +183,7 @@ class SLRConfig(CoconutConfig):
         key for key in CoconutConfig.keys() if key not in MethodConfig.keys() and key != "step_weight"
     ) + ("residual", "residual_mode", "halting", "halt_probability", "halt_weight", "distill_weight")
     depth_keys = ("prelude", "coda", "loops", "loops_random", "loops_min", "eval_loops", "injection",
-                                             "backprop_loops", "halt_on", "freeze_backbone")
+                                             "backprop_loops", "halt_on", "freeze_backbone", "step_readout")
 
     def check(self) -> None:
         super().check()

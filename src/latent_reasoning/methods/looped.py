@@ -37,7 +37,10 @@ iteration's readout at p is the answer's own next token, so T = steps + 1 superv
 
     L += w mean_{b, t} - log p_t(s_t | x)           p_t = softmax(lm_head(norm(D(h_t))))_p
 
-read from the training pass itself: the states at p do not depend on what follows p.
+read from the training pass itself: the states at p do not depend on what follows p. With `step_readout=answer`
+p is instead the position that predicts the answer's value (after the "####" marker's tokens), the position whose
+iterations answer: an algorithm learned at the question's end carries over to the answer's position only if it finds
+what it reads by content (graph search's edges), not by offset from where it stands (parity's t-th bit).
 
 Answering (greedy, or self-consistency) is incremental: iteration t has its own KV cache for the core
 layers, and the prelude and coda share one (their layer indices never collide), so a new token runs
@@ -75,7 +78,7 @@ from transformers.masking_utils import create_causal_mask
 
 from ..config import ConfigError
 from ..tasks import Example
-from .base import Batch, ExtraModules, Prediction, encode_prompts, majority_vote, prompt_text
+from .base import ANSWER_MARKER, Batch, ExtraModules, Prediction, encode_prompts, majority_vote, prompt_text
 from .coconut import LoopLoRA, SLRConfig, TimestepEmbedding, mean_embedding_norm, relative_change, rescale
 from .sft import NoCoT
 
@@ -299,7 +302,8 @@ class DepthLoop(ExtraModules, NoCoT):
 
     def summed_cross_entropy(self, batch: Batch, examples: list[Example]) -> torch.Tensor:
         """The answer's summed cross-entropy, as no-cot's; with step_weight the same pass also reads iteration t's
-        readout at each row's question end p (the position that predicts the target's first token) and records
+        readout at each row's question end p (the position that predicts the target's first token; step_readout=answer:
+        the one that predicts the answer's value) and records
         its summed cross-entropy against the first token of gold step t, t <= min(T - 1, its steps)."""
         if self.config.step_weight <= 0:
             return super().summed_cross_entropy(batch, examples)
@@ -312,13 +316,18 @@ class DepthLoop(ExtraModules, NoCoT):
         scored = labels[:, 1:] != -100
         first = int(scored.any(0).int().argmax())
         readouts: list[torch.Tensor] = []
+        at = scored.int().argmax(1) + (self.marker_tokens() if self.config.step_readout == "answer" else 0)
         logits = self.run(batch.input_ids.to(self.device), batch.attention_mask.to(self.device), T,
-                          keep=labels.shape[1] - first, readouts=readouts, readout_at=scored.int().argmax(1)).logits
+                          keep=labels.shape[1] - first, readouts=readouts, readout_at=at).logits
         self.step_terms.append((F.cross_entropy(torch.stack(readouts).flatten(0, 1).float(),
                                                 targets.flatten().to(self.device), ignore_index=-100, reduction="sum"),
                                 int((targets != -100).sum())))
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
                                ignore_index=-100, reduction="sum")
+
+    def marker_tokens(self) -> int:
+        """Tokens of the answer marker "####", which the answer's value follows (step_readout=answer)."""
+        return len(self.tokenizer(ANSWER_MARKER, add_special_tokens=False)["input_ids"])
 
     def first_token(self, text: str) -> int:
         """The first token id of `text`, tokenized once: training meets every example's steps again each epoch."""
