@@ -134,6 +134,9 @@ class DepthLoop(ExtraModules, NoCoT):
         self.step_loops = config.loops  # T of the training step in progress (set by `loss`)
         self.step_terms: list[tuple[torch.Tensor, int]] = []  # step_weight's (summed cross-entropy, targets) a batch
         self._first_tokens: dict[str, int] = {}  # each gold step's first token id, tokenized once
+        # step_readout=answer reads past the answer marker "####", which the answer's value follows
+        self.readout_offset = (len(tokenizer(ANSWER_MARKER, add_special_tokens=False)["input_ids"])
+                               if config.step_readout == "answer" else 0)
         if config.freeze_backbone:
             model.requires_grad_(False)
         self.extras = nn.ModuleDict()
@@ -316,7 +319,7 @@ class DepthLoop(ExtraModules, NoCoT):
         scored = labels[:, 1:] != -100
         first = int(scored.any(0).int().argmax())
         readouts: list[torch.Tensor] = []
-        at = scored.int().argmax(1) + (self.marker_tokens() if self.config.step_readout == "answer" else 0)
+        at = scored.int().argmax(1) + self.readout_offset
         logits = self.run(batch.input_ids.to(self.device), batch.attention_mask.to(self.device), T,
                           keep=labels.shape[1] - first, readouts=readouts, readout_at=at).logits
         self.step_terms.append((F.cross_entropy(torch.stack(readouts).flatten(0, 1).float(),
@@ -324,10 +327,6 @@ class DepthLoop(ExtraModules, NoCoT):
                                 int((targets != -100).sum())))
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
                                ignore_index=-100, reduction="sum")
-
-    def marker_tokens(self) -> int:
-        """Tokens of the answer marker "####", which the answer's value follows (step_readout=answer)."""
-        return len(self.tokenizer(ANSWER_MARKER, add_special_tokens=False)["input_ids"])
 
     def first_token(self, text: str) -> int:
         """The first token id of `text`, tokenized once: training meets every example's steps again each epoch."""
