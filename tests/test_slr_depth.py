@@ -387,6 +387,15 @@ def test_a_tiny_depth_run_learns_through_the_trainer(base, tmp_path):
     assert max(make(base, loops=6, loops_min=4, loops_random="uniform").training_loops(s) for s in range(400)) == 8
 
 
+def test_a_depth_curriculum_grows_T_on_its_schedule_in_one_run(base, tmp_path):
+    method = make(base, loops=5, loops_from=1, loops_by=2, loops_every=3)
+    config = TrainConfig(steps=9, batch_size=8, lr=3e-3, warmup_steps=0, save_every=0, log_with="none",
+                         mixed_precision="no")
+    history = Trainer(method, EXAMPLES, config, tmp_path, run={"method": "slr"}).fit()
+    assert [record["loops"] for record in history] == [1, 1, 1, 3, 3, 3, 5, 5, 5]
+    assert method.training_loops(1000) == 5 and method.eval_loops() == 5  # it stops at loops, and answers there
+
+
 def test_train_then_sweep_test_time_loops_and_inspect_from_the_command_line(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--method", "slr", "--task", "parity", "--model", "tiny-1m", "--out", str(run),
@@ -418,6 +427,10 @@ def test_train_then_sweep_test_time_loops_and_inspect_from_the_command_line(tmp_
     ({"loop": "depth", "loops_random": "normal"}, "loops_random"),
     ({"loop": "depth", "loops_random": "uniform", "loops": 3, "loops_min": 4}, "loops_min=4 is above loops=3"),
     ({"loop": "depth", "loops_min": 2}, "loops_random=none"),
+    ({"loop": "depth", "loops": 3, "loops_from": 4}, "loops_from=4 is above loops=3"),
+    ({"loop": "depth", "loops_from": 1, "loops_random": "uniform"}, "choose one"),
+    ({"loop": "depth", "loops_every": 0}, "loops_every"),
+    ({"loops_from": 1}, "loops_from"),  # a depth key under loop=thoughts
 ])
 def test_config_errors_name_the_key(values, named):
     with pytest.raises(ConfigError, match=named):

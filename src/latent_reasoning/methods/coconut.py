@@ -170,6 +170,9 @@ class SLRConfig(CoconutConfig):
     loops: int = 4  # T, core iterations in training (the mean when loops_random draws them)
     loops_random: str = choices("none", "poisson", "uniform", default="none")  # draw T per training step
     loops_min: int = 1  # the least T a draw gives (the mean stays `loops`)
+    loops_from: int | None = None  # grow T in training: loops_from at step 0, + loops_by every loops_every steps, to loops
+    loops_every: int = 100
+    loops_by: int = 1
     eval_loops: int | None = None  # T at answer time; default loops
     injection: bool = True  # + h_0 (the prelude's output) after every iteration
     backprop_loops: int | None = None  # gradients through the last k iterations only; default all
@@ -178,12 +181,13 @@ class SLRConfig(CoconutConfig):
     freeze_backbone: bool = False  # train only the stabilisers (loop-wise LoRA, e_t) on a frozen pretrained model
 
     positive_keys = CoconutConfig.positive_keys + ("timestep_scale", "loop_lora_r", "loop_lora_loops", "loops",
-                                                   "eval_loops", "backprop_loops", "loops_min")
+                                                   "eval_loops", "backprop_loops", "loops_min",
+                                                   "loops_from", "loops_every", "loops_by")
     thoughts_keys = tuple(  # step_weight serves both loops
         key for key in CoconutConfig.keys() if key not in MethodConfig.keys() and key != "step_weight"
     ) + ("residual", "residual_mode", "halting", "halt_probability", "halt_weight", "distill_weight")
-    depth_keys = ("prelude", "coda", "loops", "loops_random", "loops_min", "eval_loops", "injection",
-                                             "backprop_loops", "halt_on", "freeze_backbone", "step_readout")
+    depth_keys = ("prelude", "coda", "loops", "loops_random", "loops_min", "loops_from", "loops_every", "loops_by",
+                  "eval_loops", "injection", "backprop_loops", "halt_on", "freeze_backbone", "step_readout")
 
     def check(self) -> None:
         super().check()
@@ -196,6 +200,11 @@ class SLRConfig(CoconutConfig):
         if self.loops_min != 1 and self.loops_random == "none":
             raise ConfigError(f"loops_min={self.loops_min} with loops_random=none: T is always loops={self.loops}; "
                               "set loops_random=poisson or uniform to draw it")
+        if self.loops_from is not None and self.loops_from > self.loops:
+            raise ConfigError(f"loops_from={self.loops_from} is above loops={self.loops}, the T it grows to")
+        if self.loops_from is not None and self.loops_random != "none":
+            raise ConfigError(f"loops_from={self.loops_from} with loops_random={self.loops_random}: T either grows on a "
+                              "schedule or is drawn per step; choose one")
         if self.freeze_backbone and self.lora:
             raise ConfigError("freeze_backbone=true with lora=true: freezing the backbone would freeze its adapter too; "
                               "choose one")

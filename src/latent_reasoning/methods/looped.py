@@ -24,7 +24,8 @@ config; switching one off at answer time skips it (a test-time ablation).
 Training is plain SFT of the answer with no chain of thought, as `no-cot` trains ("question\\n", then
 "#### answer"; its batches), with T = `loops`, or, with `loops_random`, drawn per step with mean `loops` and at least m = `loops_min`:
 poisson T = m + Poisson(loops - m), uniform T ~ U{m .. 2 loops - m} (a function of the step, so a resumed run
-draws the same). With `backprop_loops` k, the first T - k iterations run without gradient: the loss reaches the
+draws the same), or, with `loops_from` T_0, grown on a schedule, T(step) = min(loops, T_0 + loops_by floor(step /
+loops_every)): a curriculum on depth in one run, AdamW's moments kept across it (parity: bench/README.md). With `backprop_loops` k, the first T - k iterations run without gradient: the loss reaches the
 core's weights and iteration t's stabilisers through the last k iterations only, and the prelude and the
 embeddings through h_0, injected in each of them (Huginn's truncation, Geiping et al. 2025). With
 `freeze_backbone` the backbone's weights stay as loaded and only the stabilisers train (loop-wise LoRA, e_t):
@@ -280,8 +281,11 @@ class DepthLoop(ExtraModules, NoCoT):
 
     # -- training ----------------------------------------------------------------------------------
     def training_loops(self, step: int) -> int:
-        """T at training step `step`: `loops`, or drawn with mean `loops` (loops_random), seeded by the step."""
+        """T at training step `step`: `loops`, grown to it (loops_from), or drawn with mean `loops` (loops_random),
+        seeded by the step."""
         config, least = self.config, self.config.loops_min
+        if config.loops_from is not None:
+            return min(config.loops, config.loops_from + config.loops_by * (step // config.loops_every))
         draw = np.random.default_rng(step)
         if config.loops_random == "poisson":
             return least + int(draw.poisson(config.loops - least))
