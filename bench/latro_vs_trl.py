@@ -15,6 +15,9 @@ its passes run under bf16 autocast, which a CPU without bf16 units computes seve
 fp32; bench/rl_speed.py compares fp32 with fp32); its reward is a string match of the gold number,
 which costs nothing, while LaTRO's reward log pi(y | x + z) is part of its teacher-forced pass.
 Throughput is sampled completion tokens per second of whole step time.
+
+`--engines latro-one-pass,latro` compares our step with and without its shared-prompt scoring (the teacher-forced
+pass and the reference's run each prompt once for its K rows; `latro-one-pass` runs it K times, as before).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ import torch
 from transformers import TrainerCallback
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gsm8k"
+
+
+ENGINES = ("trl", "latro", "latro-one-pass")
 
 
 def questions(n: int):
@@ -113,6 +119,11 @@ def run_trl(args) -> dict:
 
 def child(args) -> None:
     torch.manual_seed(0)
+    if args.engine == "latro-one-pass":  # score every row with its own copy of the prompt
+        from latent_reasoning.methods import latro
+
+        shared = latro.token_logprobs
+        latro.token_logprobs = lambda model, packed, width=None, k=1: shared(model, packed, width)
     result = (run_trl if args.engine == "trl" else run_latro)(args)
     result.update(engine=args.engine, peak_rss_gib=round(peak_rss_gib(), 2))
     print("RESULT " + json.dumps(result), flush=True)
@@ -127,16 +138,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps per subprocess, after one warm-up")
     parser.add_argument("--rounds", type=int, default=2, help="trl/latro subprocess pairs, alternating")
     parser.add_argument("--scratch", default="runs/bench-trl")
-    parser.add_argument("--engine", choices=("trl", "latro"), help=argparse.SUPPRESS)  # set in the subprocesses
+    parser.add_argument("--engines", default="trl,latro", help="two of trl, latro, latro-one-pass; the ratio is "
+                        "the second's throughput over the first's")
+    parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)  # set in the subprocesses
     parser.add_argument("--out", help="json file for the results")
     args = parser.parse_args()
     if args.engine:
         return child(args)
 
+    engines = args.engines.split(",")
+    if len(engines) != 2 or len(set(engines)) != 2 or not set(engines) <= set(ENGINES):
+        sys.exit(f"--engines {args.engines}: expected two different ones of {', '.join(ENGINES)}")
     command = " ".join(["python", "bench/latro_vs_trl.py", *sys.argv[1:]])
-    results = {"trl": [], "latro": []}
+    results = {engine: [] for engine in engines}
     for round_index in range(args.rounds):
-        for engine in ("trl", "latro"):
+        for engine in engines:
             output = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--engine", engine],
                                     capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
             lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]
@@ -155,9 +171,11 @@ def main() -> None:
                            "sampled_tokens_per_step": round(statistics.mean(tokens), 1),
                            "sampled_tokens_per_second": round(sum(tokens) / sum(seconds), 1),
                            "peak_rss_gib": max(run["peak_rss_gib"] for run in runs)}
-    ratio = summary["latro"]["sampled_tokens_per_second"] / summary["trl"]["sampled_tokens_per_second"]
-    summary["throughput_ratio_latro_over_trl"] = round(ratio, 2)
-    summary["peak_rss_ratio_latro_over_trl"] = round(summary["latro"]["peak_rss_gib"] / summary["trl"]["peak_rss_gib"], 2)
+    first, second = engines
+    name = f"{second}_over_{first}".replace("-", "_")
+    ratio = summary[second]["sampled_tokens_per_second"] / summary[first]["sampled_tokens_per_second"]
+    summary[f"throughput_ratio_{name}"] = round(ratio, 2)
+    summary[f"peak_rss_ratio_{name}"] = round(summary[second]["peak_rss_gib"] / summary[first]["peak_rss_gib"], 2)
     print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ independent references (per-copy prefill, text-level stop detection, teacher for
 model, and a short training run on a tiny model."""
 
 import copy
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -213,6 +214,28 @@ def test_shared_prompt_cache_samples_and_scores_like_separate_prompts(name, exam
     width = packed.rationale_width
     keep = packed.rationale_mask[:, :width]
     torch.testing.assert_close(forced[:, :width][keep], shared.logprobs[:, :width][keep], atol=1e-4, rtol=1e-4)
+
+
+def test_scoring_runs_each_prompt_once_for_its_k_rows_with_the_same_numbers_and_gradients(task, examples):
+    model, tokenizer = tiny("tiny-5m", examples, seed=4)
+    method = latro(model, tokenizer, task, rollouts=4, rationale_tokens=8)
+    asked = [examples[0], dataclasses.replace(examples[1], question=examples[1].question * 2)]
+    packed = method.rollout(asked, generator=torch.Generator().manual_seed(0)).packed
+    assert len(set(packed.attention_mask[:, : packed.prompt_width].sum(1).tolist())) > 1  # left padding in play
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    shared = token_logprobs(model, packed, k=4)
+    hook.remove()
+    assert len(calls) == 2  # the prompts once, then every row's tail
+    one = token_logprobs(model, packed)
+    scored = packed.attention_mask[:, packed.prompt_width :].bool()
+    torch.testing.assert_close(shared[scored], one[scored], atol=1e-5, rtol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(shared[scored].sum(), params)
+    want = torch.autograd.grad(one[scored].sum(), params)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5 * float(w.abs().max()), rtol=1e-4)
+    assert max(float(w.abs().max()) for w in want) > 1e-3
 
 
 # ---- gradients through the model --------------------------------------------------------------------

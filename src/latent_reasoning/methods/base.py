@@ -613,12 +613,11 @@ def shared_prompt_log_softmax(model, prompt_ids: torch.Tensor, prompt_mask: torc
     k = completion.shape[0] // prompt_ids.shape[0]
     length, width = prompt_ids.shape[1], completion.shape[1]
     mask = torch.cat([prompt_mask.long().repeat_interleave(k, 0), completion_mask.long()], dim=1)
-    embed = model.get_input_embeddings()
     cache = DynamicCache(config=model.config)
     checkpointing = model.training and torch.is_grad_enabled() and any(
         getattr(module, "gradient_checkpointing", False) for module in model.modules())
     if length < 2 or checkpointing or any(type(layer) is not DynamicLayer for layer in cache.layers):
-        prompt = prompt_ids if completion.dim() == 2 else embed(prompt_ids)
+        prompt = prompt_ids if completion.dim() == 2 else model.get_input_embeddings()(prompt_ids)
         return tail_log_softmax(model, torch.cat([prompt.repeat_interleave(k, 0), completion], dim=1), mask, width)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # the one pass's
     model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1].long(),
@@ -628,7 +627,7 @@ def shared_prompt_log_softmax(model, prompt_ids: torch.Tensor, prompt_mask: torc
     if completion.dim() == 2:
         given = {"input_ids": torch.cat([last, completion[:, : width - 1]], dim=1)}
     else:
-        given = {"inputs_embeds": torch.cat([embed(last), completion[:, : width - 1]], dim=1)}
+        given = {"inputs_embeds": torch.cat([model.get_input_embeddings()(last), completion[:, : width - 1]], dim=1)}
     seen = length + width - 1
     logits = model(**given, attention_mask=mask[:, :seen], position_ids=positions[:, length - 1 : seen], cache=cache,
                    use_cache=True).logits

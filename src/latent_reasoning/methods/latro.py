@@ -51,8 +51,9 @@ first training step, kept in checkpoints (`RolloutMethod`); beta = 0 skips it en
 One step (`loss`) is: prefill the B prompts once, repeat their KV cache K times and sample all B*K
 rationales in one batch (rows that stop leave the batch; `base.sample`); then one teacher-forced pass
 with gradients over [x, z_k, y] gives log pi(z_k|x) and log pi(y|x+z_k) for all samples at once, and
-one pass without gradients gives log pi_ref(z_k|x). The rollout pieces are module functions
-(`pack`, `token_logprobs`, `latro_objective`) so that tests can call them.
+one pass without gradients gives log pi_ref(z_k|x); both run each prompt x once for its K rows. The
+rollout pieces are module functions (`pack`, `token_logprobs`, `latro_objective`) so that tests can call
+them.
 
 Logged each step, beside the loss terms: the mean reward r, `zero_spread` (the fraction of questions
 whose K rewards are all equal: no signal for the baseline) and `distinct_rationales` (distinct
@@ -75,6 +76,7 @@ from .base import (
     distinct_per_group,
     normalise_answer,
     sample,
+    shared_prompt_log_softmax,
     tail_log_softmax,
     zero_spread,
 )
@@ -175,14 +177,21 @@ def pack(
     )
 
 
-def token_logprobs(model, packed: Packed, width: int | None = None) -> torch.Tensor:
+def token_logprobs(model, packed: Packed, width: int | None = None, k: int = 1) -> torch.Tensor:
     """log pi(tail token t | everything before it) for the first `width` tail columns (default all), [N, width].
 
-    One forward pass; only the logits that predict tail tokens are computed. Differentiable (call
-    under torch.no_grad() for rewards or the reference)."""
+    One forward pass; only the logits that predict tail tokens are computed. With k > 1 (the rows in groups of k
+    that share their prompt, as `pack` lays them out) each prompt runs once for its group
+    (`shared_prompt_log_softmax`: the same numbers). Differentiable (call under torch.no_grad() for rewards or the
+    reference)."""
     width = packed.targets.shape[1] if width is None else width
-    end = packed.prompt_width + width
-    log_probs = tail_log_softmax(model, packed.input_ids[:, :end], packed.attention_mask[:, :end], width)
+    start, end = packed.prompt_width, packed.prompt_width + width
+    ids, mask = packed.input_ids, packed.attention_mask
+    if k > 1:
+        log_probs = shared_prompt_log_softmax(model, ids[::k, :start], mask[::k, :start], ids[:, start:end],
+                                              mask[:, start:end])
+    else:
+        log_probs = tail_log_softmax(model, ids[:, :end], mask[:, :end], width)
     return log_probs.gather(2, packed.targets[:, :width].unsqueeze(2)).squeeze(2)
 
 
@@ -268,7 +277,7 @@ class LaTRO(RolloutMethod):
     def sequence_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(log pi(z_k|x), log pi(y|x+z_k)) for every sample, [B, K] each, from one differentiable pass."""
         packed, k = rollout.packed, self.config.rollouts
-        token = token_logprobs(self.model, packed)
+        token = token_logprobs(self.model, packed, k=k)
         rationale = (token * packed.rationale_mask).sum(1)
         answer = (token * packed.answer_mask).sum(1)
         if self.config.reward_norm == "mean":
@@ -283,7 +292,7 @@ class LaTRO(RolloutMethod):
         if width == 0:
             return torch.zeros(packed.input_ids.shape[0], device=self.device).view(-1, self.config.rollouts)
         with self.reference() as reference:
-            token = token_logprobs(reference, packed, width)
+            token = token_logprobs(reference, packed, width, k=self.config.rollouts)
         return (token * packed.rationale_mask[:, :width]).sum(1).view(-1, self.config.rollouts)
 
     def loss(self, examples: list[Example], step: int, generator: torch.Generator | None = None):
