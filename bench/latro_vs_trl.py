@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="completions sampled per question")
     parser.add_argument("--tokens", type=int, default=64, help="longest completion (rationale)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per subprocess, after one warm-up")
-    parser.add_argument("--rounds", type=int, default=2, help="trl/latro subprocess pairs, alternating")
+    parser.add_argument("--rounds", type=int, default=2, help="subprocess pairs of the two --engines, alternating")
     parser.add_argument("--scratch", default="runs/bench-trl")
     parser.add_argument("--engines", default="trl,latro", help="two of trl, latro, latro-one-pass; the ratio is "
                         "the second's throughput over the first's")
