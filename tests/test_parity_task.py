@@ -85,3 +85,15 @@ def test_named_chain_names_each_bit_and_round_trips(tmp_path):
         task.load(path=path)
     with pytest.raises(ValueError, match="parity chain"):
         tasks.get("parity", chain="words")
+
+
+def test_suffix_chain_is_the_parity_of_the_last_bits_and_is_checked_on_reading(tmp_path):
+    task = tasks.get("parity", bits=5, chain="suffix")
+    example = task.example([1, 0, 1, 1, 0])
+    assert example.steps == ["0", "1", "0", "0", "1"] and example.answer == "1"  # 0; 1 0; 1 1 0; 0 1 1 0; 1 0 1 1 0
+    assert example.answer == tasks.get("parity", bits=5).example([1, 0, 1, 1, 0]).answer
+    path = tmp_path / "suffix.txt"
+    task.save(task.generate(20, seed=1), path)
+    assert task.load(path=path) == task.generate(20, seed=1)
+    with pytest.raises(DataError, match=r"suffix.txt, line 1: the running parities of"):  # read as the other chain
+        tasks.get("parity", bits=5).load(path=path)

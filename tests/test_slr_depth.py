@@ -369,6 +369,32 @@ def test_step_weight_trains_each_iteration_readout_on_its_gold_step(base, step_r
     torch.testing.assert_close(one, make(base, loops=1).loss(examples, step=0)[0])  # T = 1: nothing to supervise
 
 
+def test_step_hold_reads_every_iteration_as_an_answer_and_holds_it_past_the_last_step(base):
+    T = 5
+    method = make(base, loops=T, step_weight=0.5, step_readout="answer", step_hold=True)
+    examples = EXAMPLES[:3] + SHORT[:3]  # 6 steps: T cannot reach the answer; 3 steps: held for iterations 4 and 5
+    as_answer = lambda text: method.tokenizer(f"#### {text}", add_special_tokens=False)["input_ids"][4]  # noqa: E731
+    assert as_answer("1") != method.tokenizer("1", add_special_tokens=False)["input_ids"][0]  # the form matters here
+    read = [prompt_text(e) + "####" for e in examples]
+    readouts = []
+    inputs = encode_prompts(method.tokenizer, read, method.device)
+    method.run(inputs["input_ids"], inputs["attention_mask"], T, keep=1, readouts=readouts)
+    held = lambda e, t: e.steps[t] if t < len(e.steps) else e.answer  # noqa: E731
+    reference = torch.stack([
+        torch.nn.functional.cross_entropy(readouts[t][b : b + 1], torch.tensor([as_answer(held(e, t))]))
+        for t in range(T - 1) for b, e in enumerate(examples)]).mean()
+    # the last iteration answers: with the answer where T reaches it, with step T where it does not
+    answers = [replace(e, answer=e.steps[T - 1]) if len(e.steps) >= T else e for e in examples]
+    assert [a.answer == e.answer for a, e in zip(answers, examples)] != [True] * 6  # some answers do change
+    plain, _ = make(base, loops=T).loss(answers, step=0)
+    method.model.train()
+    loss, metrics = method.loss(examples, step=0)
+    assert metrics["step_ce"] == pytest.approx(float(reference.detach()), rel=1e-5)
+    torch.testing.assert_close(loss, plain + 0.5 * reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="step_readout=answer"):
+        methods.get("slr").Config(loop="depth", step_weight=1.0, step_hold=True).check()
+
+
 def test_a_tiny_depth_run_learns_through_the_trainer(base, tmp_path):
     method = make(base, loops=2, loops_random="uniform", prelude=1, backprop_loops=2)
     config = TrainConfig(steps=24, batch_size=8, lr=3e-3, warmup_steps=0, save_every=0, log_with="none",

@@ -178,6 +178,7 @@ class SLRConfig(CoconutConfig):
     backprop_loops: int | None = None  # gradients through the last k iterations only; default all
     halt_on: str = choices("none", "change", "kl", default="none")  # per-token halting below halt_threshold
     step_readout: str = choices("question", "answer", default="question")  # where step_weight reads each iteration
+    step_hold: bool = False  # step_weight: every iteration's readout an answer, held past the last step (looped.py)
     freeze_backbone: bool = False  # train only the stabilisers (loop-wise LoRA, e_t) on a frozen pretrained model
 
     positive_keys = CoconutConfig.positive_keys + ("timestep_scale", "loop_lora_r", "loop_lora_loops", "loops",
@@ -187,7 +188,8 @@ class SLRConfig(CoconutConfig):
         key for key in CoconutConfig.keys() if key not in MethodConfig.keys() and key != "step_weight"
     ) + ("residual", "residual_mode", "halting", "halt_probability", "halt_weight", "distill_weight")
     depth_keys = ("prelude", "coda", "loops", "loops_random", "loops_min", "loops_from", "loops_every", "loops_by",
-                  "eval_loops", "injection", "backprop_loops", "halt_on", "freeze_backbone", "step_readout")
+                  "eval_loops", "injection", "backprop_loops", "halt_on", "freeze_backbone", "step_readout",
+                  "step_hold")
 
     def check(self) -> None:
         super().check()
@@ -205,6 +207,10 @@ class SLRConfig(CoconutConfig):
         if self.loops_from is not None and self.loops_random != "none":
             raise ConfigError(f"loops_from={self.loops_from} with loops_random={self.loops_random}: T either grows on a "
                               "schedule or is drawn per step; choose one")
+        if self.step_hold and (self.step_weight <= 0 or self.step_readout != "answer"):
+            raise ConfigError(f"step_hold=true needs step_weight > 0 and step_readout=answer (got step_weight="
+                              f"{self.step_weight:g}, step_readout={self.step_readout}): it sets what each iteration's "
+                              "readout at the answer's position is trained on")
         if self.freeze_backbone and self.lora:
             raise ConfigError("freeze_backbone=true with lora=true: freezing the backbone would freeze its adapter too; "
                               "choose one")

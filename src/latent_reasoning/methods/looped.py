@@ -43,6 +43,16 @@ p is instead the position that predicts the answer's value (after the "####" mar
 iterations answer: an algorithm learned at the question's end carries over to the answer's position only if it finds
 what it reads by content (graph search's edges), not by offset from where it stands (parity's t-th bit).
 
+With `step_hold` (and step_readout=answer) every iteration's readout is an answer, so that the loop answers at any T:
+the targets are written as the answer's value is (the token after "#### "), iterations past a row's last step n hold
+its answer, and when T <= n the answer itself is out of reach and the last iteration is trained on step T instead:
+
+    s_t = step t for t <= n, the answer for t > n;      the answer's label at T: s_T
+
+(parity: step n is the answer, so a row is right at every T >= n.) Rows of mixed length (task.min_bits) then
+teach the loop to stop where its string ends and keep the answer, and T drawn per step with a mean below the longest
+row's n leaves the longest rows for extra test-time loops to solve.
+
 Answering (greedy, or self-consistency) is incremental: iteration t has its own KV cache for the core
 layers, and the prelude and coda share one (their layer indices never collide), so a new token runs
 P, C_1 .. C_T, D once against the keys and values every earlier token left at the same layer and iteration:
@@ -68,7 +78,7 @@ Prediction.thoughts holds the chosen answer's core iterations per pass (the prom
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -134,7 +144,7 @@ class DepthLoop(ExtraModules, NoCoT):
         self.coda = range(self.core.stop, len(layers))
         self.step_loops = config.loops  # T of the training step in progress (set by `loss`)
         self.step_terms: list[tuple[torch.Tensor, int]] = []  # step_weight's (summed cross-entropy, targets) a batch
-        self._first_tokens: dict[str, int] = {}  # each gold step's first token id, tokenized once
+        self._first_tokens: dict = {}  # each gold step's first token id (alone or as an answer), tokenized once
         # step_readout=answer reads past the answer marker "####", which the answer's value follows
         self.readout_offset = (len(tokenizer(ANSWER_MARKER, add_special_tokens=False)["input_ids"])
                                if config.step_readout == "answer" else 0)
@@ -295,7 +305,9 @@ class DepthLoop(ExtraModules, NoCoT):
 
     def loss(self, examples: list[Example], step: int):
         self._extras_on_device()
-        self.step_loops = self.training_loops(step)
+        self.step_loops = T = self.training_loops(step)
+        if self.config.step_hold:  # rows whose answer T cannot reach answer with step T (module docstring)
+            examples = [replace(e, answer=e.steps[T - 1]) if T <= len(e.steps) else e for e in examples]
         self.step_terms = []  # filled by `summed_cross_entropy`, one entry per batch it runs
         loss, metrics = super().loss(examples, step)
         metrics["loops"] = float(self.step_loops)
@@ -317,6 +329,10 @@ class DepthLoop(ExtraModules, NoCoT):
         T = self.step_loops
         targets = torch.full((T, len(examples)), -100, dtype=torch.long)
         for b, example in enumerate(examples):
+            if self.config.step_hold:
+                held = example.steps + [example.answer] * max(0, T - 1 - len(example.steps))
+                targets[: T - 1, b] = torch.tensor([self.answer_token(text) for text in held[: T - 1]])
+                continue
             for t, step_text in enumerate(example.steps[: T - 1]):
                 targets[t, b] = self.first_token(step_text)
         labels = batch.labels.to(self.device)
@@ -337,6 +353,14 @@ class DepthLoop(ExtraModules, NoCoT):
         if text not in self._first_tokens:
             self._first_tokens[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"][0]
         return self._first_tokens[text]
+
+    def answer_token(self, text: str) -> int:
+        """The first token of `text` written as an answer's value is (after "#### "), tokenized once."""
+        key = (ANSWER_MARKER, text)
+        if key not in self._first_tokens:
+            ids = self.tokenizer(f"{ANSWER_MARKER} {text}", add_special_tokens=False)["input_ids"]
+            self._first_tokens[key] = ids[self.readout_offset]
+        return self._first_tokens[key]
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
         return self.run(input_ids, attention_mask, self.step_loops, keep=keep).logits

@@ -27,6 +27,11 @@ one token a step it costs as many as the chain).
 With `min_bits` below `bits`, each string draws its own length from min_bits .. bits (uniform): strings of
 mixed length, as looped transformers are trained on parity (Fan et al. 2025, arXiv 2409.15647), so that a
 model repeating one step's computation (slr loop=depth) can learn the step on short strings.
+
+`chain="suffix"` writes step i as the parity of the last i bits (b_n xor .. xor b_{n-i+1}), in the same file
+layout; the last step is again the answer. A model that computes the steps where it answers (slr loop=depth,
+step_readout=answer) then finds step i's bit at the same distance back whatever the string's length, where the
+running chain puts bit i at a distance that grows with n: strings of mixed length share one computation per step.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from pathlib import Path
 from .base import Example, Task, read_lines
 from .exclusions import distinct_examples
 
-LINE_FORMAT = "expected '<bits>||<running parities> #### <parity>', space-separated"
+LINE_FORMAT = "expected '<bits>||<running (or suffix) parities> #### <parity>', space-separated"
 NAMED_FORMAT = "expected 'b1 <bit> b2 <bit> ..||b1 <bit> <parity> ; b2 <bit> <parity> ; .. #### <parity>'"
 
 
@@ -53,14 +58,16 @@ class Parity(Task):
                 raise ValueError(f"parity {key} must be an integer of at least 2, got {value!r}")
         if min_bits > bits:
             raise ValueError(f"parity min_bits={min_bits} is more than bits={bits}")
-        if chain not in ("running", "named"):
-            raise ValueError(f"parity chain must be 'running' or 'named', got {chain!r}")
+        if chain not in ("running", "named", "suffix"):
+            raise ValueError(f"parity chain must be 'running', 'named' or 'suffix', got {chain!r}")
         self.bits, self.chain, self.min_bits = bits, chain, min_bits
         if chain == "named":
             self.step_separator = " ; "
 
     def parse_file(self, path: Path, skip_bad: bool = False) -> list[Example]:
-        return read_lines(path, parse_named_line if self.chain == "named" else parse_line, skip_bad)
+        if self.chain == "named":
+            return read_lines(path, parse_named_line, skip_bad)
+        return read_lines(path, lambda line: parse_line(line, self.chain), skip_bad)
 
     def grade(self, text: str, example: Example) -> bool:
         from .answers import match_digits
@@ -68,10 +75,8 @@ class Parity(Task):
         return match_digits(text, example.answer)
 
     def example(self, bits: list[int]) -> Example:
-        running, parities = 0, []
-        for bit in bits:
-            running ^= bit
-            parities.append(running)
+        parities = chain_of(bits, self.chain)
+        running = parities[-1]
         if self.chain == "named":
             question = " ".join(f"b{i} {bit}" for i, bit in enumerate(bits, 1))
             steps = [f"b{i} {bit} {parity}" for i, (bit, parity) in enumerate(zip(bits, parities), 1)]
@@ -102,14 +107,27 @@ class Parity(Task):
                 handle.write(f"{example.question}||{self.step_separator.join(example.steps)} #### {example.answer}\n")
 
 
-def parse_line(line: str) -> Example:
+def chain_of(bits: list[int], chain: str) -> list[int]:
+    """The steps' parities: of the first i bits (running, named) or of the last i (suffix)."""
+    parities, running = [], 0
+    for bit in bits[::-1] if chain == "suffix" else bits:
+        running ^= bit
+        parities.append(running)
+    return parities
+
+
+def parse_line(line: str, chain: str = "running") -> Example:
     question, bar, rest = line.rstrip().partition("||")
-    chain, marker, answer = rest.rpartition(" #### ")
-    bits, steps = question.split(" "), chain.split(" ")
+    steps_text, marker, answer = rest.rpartition(" #### ")
+    bits, steps = question.split(" "), steps_text.split(" ")
     if not bar or not marker or not all(token in ("0", "1") for token in bits + steps + [answer]):
         raise ValueError(LINE_FORMAT)
     if len(steps) != len(bits):
-        raise ValueError(f"{len(bits)} bits but {len(steps)} running parities; {LINE_FORMAT}")
+        raise ValueError(f"{len(bits)} bits but {len(steps)} {chain} parities; {LINE_FORMAT}")
+    expected = [str(p) for p in chain_of([int(b) for b in bits], chain)]
+    if steps != expected or answer != expected[-1]:
+        raise ValueError(f"the {chain} parities of {question!r} are {' '.join(expected)} #### {expected[-1]}, "
+                         f"found {steps_text} #### {answer}")
     return Example(question, steps, answer)
 
 
