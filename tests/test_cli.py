@@ -70,6 +70,10 @@ def test_layers_trains_a_deeper_preset_and_its_checkpoint_keeps_the_depth(tmp_pa
                  "layers=7"]) == 0
     model, _ = load_saved(run / "checkpoint")
     assert model.config.num_hidden_layers == 7 and len(model.model.layers) == 7  # tiny-1m has 4
+    # its scores name the depth, so a results row cannot pass for the 4-layer preset's
+    assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "ev"), "--limit", "2",
+                 "max_new_tokens=2"]) == 0
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["model"] == "tiny-1m, 7 layers"
 
 
 @pytest.mark.parametrize("arguments, named", [

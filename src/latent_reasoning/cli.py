@@ -272,7 +272,7 @@ def cmd_eval(args) -> int:
         method.config = config
         torch.manual_seed(args.seed)
         described = {"task": task.name, "split": args.split if args.data else f"generated(seed={args.seed})",
-                     "method": run.method, "model": run.model, "seed": run.train.seed,
+                     "method": run.method, "model": run.model_label, "seed": run.train.seed,
                      "command": shlex.join(["latent", *sys.argv[1:]])}
         out = Path(args.out) / f"{sweep_key}={value}" if sweep_key else Path(args.out)
         summary = evaluate(method, examples, batch_size=args.batch_size, out=out, run=described, progress=True)

@@ -55,6 +55,12 @@ class Run:
     train: TrainConfig
     method_config: methods.MethodConfig
 
+    @property
+    def model_label(self) -> str:
+        """The model as results name it: a preset built with another depth (`layers=`) says so."""
+        layers = self.method_config.layers
+        return self.model if layers is None else f"{self.model}, {layers} layers"
+
     def describe(self, command: str | None = None) -> dict[str, Any]:
         """What config.yaml holds: enough to rebuild the run."""
         return {
