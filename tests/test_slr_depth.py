@@ -77,6 +77,7 @@ def test_one_loop_with_every_stabiliser_off_is_the_plain_model(base, prelude, co
 
 
 @torch.no_grad()
+@torch.no_grad()  # as answering runs: the cached passes take e_t and the adapters' factors once (Caches.constants)
 def test_cached_decoding_equals_full_recomputation(base):
     T = 3
     method = make(base, loops=T, prelude=1, coda=1)  # every stabiliser on

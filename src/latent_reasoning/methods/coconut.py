@@ -662,9 +662,14 @@ class TimestepEmbedding(nn.Module):
         angles = t * freqs
         return torch.cat([angles.sin(), angles.cos()])
 
-    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def vector(self, t: int) -> torch.Tensor:
+        """e_t [hidden]."""
         weight = self.mlp[0].weight
-        e = self.mlp(self.sinusoid(t, weight.device).to(weight.dtype))
+        return self.mlp(self.sinusoid(t, weight.device).to(weight.dtype))
+
+    def forward(self, x: torch.Tensor, t: int, e: torch.Tensor | None = None) -> torch.Tensor:
+        """x with e_t (`e`, when computed before: answering computes each once, as the weights do not change)."""
+        e = self.vector(t) if e is None else e
         if self.mode == "add":
             return x + e.to(x.dtype)
         joined = torch.cat([x, e.to(x.dtype).expand_as(x)], dim=-1)
@@ -689,11 +694,16 @@ class LoopLoRA(nn.Module):
     forward hooks, so the backbone's modules and its saved weights stay untouched, and switching the
     index costs nothing and keeps every adapter in the autograd graph (unlike peft's set_adapter,
     which toggles requires_grad). Loop indices beyond the last adapter use the last one.
+
+    A hook is a fixed cost per call, which on a small model's decode step rivals the projection it adapts;
+    so answering sets `factors` to iteration t's (A_t^T, (alpha / r) B_t^T) per layer, taken once per answer
+    (`factors_at`), and the hook runs two products and an add.
     """
 
     def __init__(self, model: nn.Module, loops: int, r: int, alpha: float, targets: list[str]):
         super().__init__()
         self.loops, self.scale, self.active = loops, alpha / r, None
+        self.factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         if not targets:
             names = [name for name, _ in model.named_modules()]
             targets = (["q_proj", "v_proj"] if any(n.endswith("q_proj") for n in names)
@@ -715,14 +725,24 @@ class LoopLoRA(nn.Module):
             self.B.append(nn.Parameter(torch.zeros(loops, n_out, r)))
             self.handles.append(module.register_forward_hook(self._hook(index)))
 
+    def factors_at(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per adapted layer, loop index t's (A_t^T, (alpha / r) B_t^T), detached and contiguous: for answering."""
+        t = min(t, self.loops - 1)
+        return [(a[t].detach().T.contiguous(), (b[t].detach() * self.scale).T.contiguous())
+                for a, b in zip(self.A, self.B)]
+
     def _hook(self, index: int):
         def hook(module, inputs, output):
             if self.active is None:
                 return output
-            t = min(self.active, self.loops - 1)
-            a, b = self.A[index][t], self.B[index][t]
             x = inputs[0]
-            delta = (x.to(a.dtype) @ a.T) @ b.T * self.scale
+            if self.factors is not None:
+                a_t, b_t = self.factors[index]
+                delta = (x.to(a_t.dtype) @ a_t) @ b_t
+            else:
+                t = min(self.active, self.loops - 1)
+                a, b = self.A[index][t], self.B[index][t]
+                delta = (x.to(a.dtype) @ a.T) @ b.T * self.scale
             return output + delta.to(output.dtype)
 
         return hook

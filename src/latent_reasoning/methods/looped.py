@@ -78,7 +78,7 @@ Prediction.thoughts holds the chosen answer's core iterations per pass (the prom
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -97,13 +97,14 @@ from .sft import NoCoT
 @dataclass
 class Caches:
     """What incremental answering keeps between passes: the KV caches, `outer` for the prelude and coda layers,
-    `loops[t - 1]` for the core layers in iteration t, and mu_E (`normalize`), computed by the first pass: the
-    weights do not change while answering, and on a large vocabulary the norms of every embedding row cost a
-    decoding pass about as much as two decoder layers (SmolLM2's 49,152 rows: bench/depth_loop_speed.py)."""
+    `loops[t - 1]` for the core layers in iteration t, and `constants`, what depends on the weights alone (mu_E,
+    e_t, the loop adapters' factors), computed by the first pass: the weights do not change while answering, and
+    recomputing them costs a decoding pass measurably (bench/depth_loop_speed.py: on SmolLM2's 49,152 rows mu_E
+    alone costs about two decoder layers)."""
 
     outer: DynamicCache
     loops: list[DynamicCache]
-    embedding_norm: torch.Tensor | None = None
+    constants: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -193,7 +194,7 @@ class DepthLoop(ExtraModules, NoCoT):
         outer = caches.outer if caches else None
         h0 = self.layers(range(self.core.start), x, layer_inputs, outer)
         h = h0
-        scale = self.embedding_norm(caches) if config.normalize else None
+        scale = self.constant(caches, "mu_E", lambda: mean_embedding_norm(self.model)) if config.normalize else None
         halted = mask[:, -1] == 0 if halt else torch.zeros_like(mask[:, -1], dtype=torch.bool)
         iterations = torch.zeros_like(mask[:, -1])
         grad = torch.is_grad_enabled()
@@ -204,7 +205,7 @@ class DepthLoop(ExtraModules, NoCoT):
                 self.repeat_entries(caches, t, halted)
                 continue
             with torch.set_grad_enabled(grad and t >= first_with_grad):
-                new = self.iterate(h, h0, t, scale, layer_inputs, caches.loops[t - 1] if caches else None)
+                new = self.iterate(h, h0, t, scale, layer_inputs, caches)
             if halt and t >= 2 and bool(halted.any()):
                 self.repeat_entries(caches, t, halted)
                 new = torch.where(halted[:, None, None], h, new)
@@ -226,30 +227,34 @@ class DepthLoop(ExtraModules, NoCoT):
         coda_runs = iterations if halt and config.halt_on == "kl" else torch.ones_like(iterations)
         return Pass(logits, iterations, coda_runs)
 
-    def embedding_norm(self, caches: Caches | None) -> torch.Tensor:
-        """mu_E, the scale `normalize` feeds the core at: once per set of caches (one answer), else every pass."""
-        if caches is None:
-            return mean_embedding_norm(self.model)
-        if caches.embedding_norm is None:
-            caches.embedding_norm = mean_embedding_norm(self.model)
-        return caches.embedding_norm
+    @staticmethod
+    def constant(caches: Caches | None, key, compute: Callable[[], object]):
+        """compute(), once per set of caches (one answer, no gradient: the weights are fixed), else every pass."""
+        if caches is None or torch.is_grad_enabled():
+            return compute()
+        if key not in caches.constants:
+            caches.constants[key] = compute()
+        return caches.constants[key]
 
-    def iterate(self, h, h0, t: int, scale, layer_inputs: dict, cache) -> torch.Tensor:
+    def iterate(self, h, h0, t: int, scale, layer_inputs: dict, caches: Caches | None) -> torch.Tensor:
         """h_t = C_t(N(h_{t-1}) + e_t) + h_0, with the switched-on stabilisers."""
         config = self.config
         x = h
         if scale is not None:
             x = rescale(x, scale)
         if config.timestep != "none" and "timestep" in self.extras:
-            x = self.extras["timestep"](x, t - 1)
+            timestep = self.extras["timestep"]
+            x = timestep(x, t - 1, self.constant(caches, ("e", t), lambda: timestep.vector(t - 1)))
         lora = self.extras["loop_lora"] if config.loop_lora and "loop_lora" in self.extras else None
         if lora is not None:
             lora.active = t - 1
+            if caches is not None and not torch.is_grad_enabled():
+                lora.factors = self.constant(caches, ("lora", t), lambda: lora.factors_at(t - 1))
         try:
-            x = self.layers(self.core, x, layer_inputs, cache)
+            x = self.layers(self.core, x, layer_inputs, caches.loops[t - 1] if caches else None)
         finally:
             if lora is not None:
-                lora.active = None
+                lora.active = lora.factors = None
         return x + h0 if config.injection else x
 
     def layers(self, indices: range, h: torch.Tensor, layer_inputs: dict, cache) -> torch.Tensor:
