@@ -76,7 +76,6 @@ def test_one_loop_with_every_stabiliser_off_is_the_plain_model(base, prelude, co
         assert not torch.allclose(method.run(ids, mask, loops=2).logits[real], plain[real], atol=1e-3)
 
 
-@torch.no_grad()
 @torch.no_grad()  # as answering runs: the cached passes take e_t and the adapters' factors once (Caches.constants)
 def test_cached_decoding_equals_full_recomputation(base):
     T = 3
