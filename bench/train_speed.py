@@ -14,6 +14,7 @@
 4. A latro step (tiny-5m, 2x2 multiplication, the demo's LaTRO settings).
 
     OMP_NUM_THREADS=1 python bench/train_speed.py
+    OMP_NUM_THREADS=1 python bench/train_speed.py --rows tiny-5m,tiny-20m,smollm2 --warmup 4 --steps 6 --compile
 Medians of --steps timed steps after --warmup; read the ratios (the machine may be shared). Prints one JSON
 line per row; `precision` is what the trainer ran with (bf16-weights: bf16 autocast with the weights in bf16 during the passes).
 """
@@ -156,7 +157,7 @@ def flops_per_step(model, result: dict) -> float:
 
 def sft_row(name: str, task_name: str, examples, batch: int, max_length: int, peaks: dict, args) -> dict:
     values = {"method": "cot", "task": task_name, "model": name, "batch_size": batch, "max_length": max_length,
-              "mixed_precision": args.precision, "attention": args.attention}
+              "mixed_precision": args.precision, "attention": args.attention, "compile": args.compile}
     if task_name == "multiplication":
         values["task_options"] = {"digits": 2}
     dtypes = {"fp32": torch.float32, **({"bf16_weights": torch.bfloat16} if "bf16" in peaks else {})}
@@ -164,7 +165,8 @@ def sft_row(name: str, task_name: str, examples, batch: int, max_length: int, pe
     model = result["method"].model
     flops = flops_per_step(model, result) / result["seconds"]
     row = {"row": "sft", "model": name, "task": task_name, "batch": batch, "max_length": max_length,
-           "precision": result["precision"], "attention": model.config._attn_implementation, "threads": torch.get_num_threads(),
+           "precision": result["precision"], "attention": model.config._attn_implementation, "compile": args.compile,
+           "threads": torch.get_num_threads(),
            "s_per_step": round(result["seconds"], 3), "tokens_per_step": round(result["tokens"]), "tokens_per_s": round(result["tokens_per_s"], 1),
            "positions_per_token": round(result["positions"] / result["tokens"], 3),
            "model_gflop_per_s": round(flops / 1e9, 2)}
@@ -208,6 +210,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precision", default="auto", help="the trainer's mixed_precision for every row")
     parser.add_argument("--attention", default="auto", help="the trainer's attention for every row (auto: eager on a CPU)")
+    parser.add_argument("--compile", action="store_true", help="the trainer's compile=true for every row (warm-up "
+                                                                "steps then include the compiling)")
     parser.add_argument("--data", default=str(SHARED_DATA), help="folder holding gsm8k/ (SmolLM2's row)")
     args = parser.parse_args()
     rows = args.rows.split(",")
@@ -228,7 +232,8 @@ def main() -> None:
         print(json.dumps(sft_row("tiny-20m", "prosqa", prosqa, 8, 512, peaks, args)), flush=True)
     if "smollm2" in rows:
         gsm8k = tasks.get("gsm8k").load(split="train", path=Path(args.data) / "gsm8k")[:400]
-        smol_args = argparse.Namespace(steps=args.steps, warmup=1, precision=args.precision, attention=args.attention)
+        smol_args = argparse.Namespace(steps=args.steps, warmup=args.warmup if args.compile else 1,  # compiling: warm-up
+                                       precision=args.precision, attention=args.attention, compile=args.compile)
         print(json.dumps(sft_row("smollm2-135m-instruct", "gsm8k", gsm8k, 8, 256, peaks, smol_args)), flush=True)
     if "coconut" in rows:
         print(json.dumps(coconut_row(prosqa, args)), flush=True)

@@ -269,3 +269,19 @@ def test_eager_attention_gives_sdpas_loss_and_gradients_and_the_trainer_uses_it_
     method.model.set_attn_implementation("sdpa")
     Trainer(method, examples, run.train, tmp_path, run={}).fit()
     assert method.model.config._attn_implementation == "eager"
+
+
+def test_compiled_training_steps_give_the_eager_losses_and_evaluation_runs(tmp_path, examples):
+    """compile=true: the same losses as eager training (up to float rounding), and the evaluation inside training
+    (which runs the model uncompiled) scores as eager training's does."""
+    histories = {}
+    for compiled in (False, True):
+        run = tiny_run(model="tiny-1m", steps=3, warmup_steps=0, save_every=0, eval_size=4, compile=compiled)
+        method = build_method(run, texts_of(examples))
+        histories[compiled] = Trainer(method, examples, run.train, tmp_path / str(compiled), run={},
+                                      evaluate=evaluate).fit(examples[-4:])
+        assert (method.model._compiled_call_impl is not None) == compiled
+    losses = {compiled: [record["loss"] for record in history] for compiled, history in histories.items()}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    for key in ("eval_accuracy", "eval_forward_passes"):
+        assert histories[True][-1][key] == histories[False][-1][key]

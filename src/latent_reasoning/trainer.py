@@ -49,6 +49,9 @@ class TrainConfig(Config):
     # the same (bench/results/train_speed-attention.txt); sdpa elsewhere. sdpa keeps no L x L attention maps for
     # the backward pass: the one to pick for long sequences on a CPU short of memory
     attention: str = choices("auto", "eager", "sdpa", default="auto")
+    # torch.compile the model for the training steps (evaluation runs it eager): 1.1-1.4x faster steps, after first
+    # steps that wait for the compiler, so it pays on runs of more than a few minutes (bench/results/train_speed-compile.txt)
+    compile: bool = False
     eval_every: int = 0  # 0: only after the last step
     eval_size: int = 100  # held-out examples scored at each evaluation
     eval_batch_size: int = 64
@@ -210,6 +213,8 @@ class Trainer:
         self.eval_examples = eval_examples or []
         method.model.to(accelerator.device)
         method.model.set_attn_implementation(resolve_attention(config.attention, accelerator.device))
+        if config.compile:
+            method.model.compile()
         share_cpu(accelerator)
         set_seed(config.seed)
         optimizer = self._optimizer()
@@ -309,7 +314,8 @@ class Trainer:
         if not (self.evaluate and examples):
             return {}
         self.method.model.eval()
-        summary = self.evaluate(self.method, examples, batch_size=self.config.eval_batch_size)
+        with torch.compiler.set_stance("force_eager"):  # answering's shapes change every pass: compiling them costs more
+            summary = self.evaluate(self.method, examples, batch_size=self.config.eval_batch_size)
         scores = {"eval_accuracy": summary["accuracy"], "eval_forward_passes": summary["forward_passes"]}
         scores.update({f"eval_{key}": summary[key] for key in ("pass_at_1", "pass_at_k") if key in summary})
         return scores
