@@ -232,8 +232,8 @@ def main() -> None:
         print(json.dumps(sft_row("tiny-20m", "prosqa", prosqa, 8, 512, peaks, args)), flush=True)
     if "smollm2" in rows:
         gsm8k = tasks.get("gsm8k").load(split="train", path=Path(args.data) / "gsm8k")[:400]
-        smol_args = argparse.Namespace(steps=args.steps, warmup=args.warmup if args.compile else 1,  # compiling: warm-up
-                                       precision=args.precision, attention=args.attention, compile=args.compile)
+        # one warm-up step, unless the compiling needs the warm-up steps asked for
+        smol_args = argparse.Namespace(**{**vars(args), "warmup": args.warmup if args.compile else 1})
         print(json.dumps(sft_row("smollm2-135m-instruct", "gsm8k", gsm8k, 8, 256, peaks, smol_args)), flush=True)
     if "coconut" in rows:
         print(json.dumps(coconut_row(prosqa, args)), flush=True)
