@@ -158,7 +158,7 @@ def test_thoughts_land_at_the_placeholders_with_n_set_apart_for_training_and_ans
     finally:
         hook.remove()
     for inputs, n, prompts in ((seen[0], 5, False), (seen[1], 2, True)):  # training's pass, the answer's prefill
-        rows = [method.prompt(e, n) for e in examples]
+        rows = method.prompts(examples, n)
         with torch.no_grad():
             thoughts = method.generate(examples, n, with_steps=False).thoughts
         for b, row in enumerate(rows):
@@ -198,7 +198,7 @@ def test_answer_time_variance_scale_moves_the_thoughts_around_their_mean(base):
             prediction = method.answer(example)[0]
         finally:
             hook.remove()
-        where = [i for i, t in enumerate(method.prompt(example[0], 3)) if t == method.tokens.latent]
+        where = [i for i, t in enumerate(method.prompts(example, 3)[0]) if t == method.tokens.latent]
         torch.testing.assert_close(seen[0][0, where], mean + math.sqrt(scale) * (thoughts - mean), rtol=0, atol=1e-5)
         expected = float(thoughts.var(0, unbiased=False).mean()) * scale
         assert prediction.thought_variance == pytest.approx(expected, rel=1e-4, abs=1e-9)

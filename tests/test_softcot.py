@@ -94,8 +94,7 @@ def test_thoughts_land_at_the_placeholders_with_n_set_apart_for_training_and_ans
     for inputs, n, left in ((seen[0], 5, False), (seen[1], 2, True)):
         with torch.no_grad():
             thoughts = method.thoughts(examples, n)[:, 0]
-        for b, example in enumerate(examples):
-            row = method.prompt(example, n)
+        for b, row in enumerate(method.prompts(examples, n)):
             offset = inputs.shape[1] - len(row) if left else 0
             where = [offset + i for i, token in enumerate(row) if token == latent]
             assert len(where) == n
@@ -115,7 +114,7 @@ def test_keep_position_gives_the_language_after_the_span_its_plain_cot_positions
         method.answer(examples)
     finally:
         hook.remove()
-    questions = [len(method.question_ids(e, 5)) for e in examples]
+    questions = [len(question) for question in method.question_ids(examples, 5)]
     (train_positions, train_mask), decoded = seen[0], seen[2:]
     for b, (example, q) in enumerate(zip(examples, questions)):
         chain = int(train_mask[b].sum()) - (q + 5 + 2)

@@ -351,7 +351,10 @@ class ExtraModules:
     extras: nn.ModuleDict
 
     def _extras_on_device(self) -> nn.ModuleDict:
-        return self.extras.to(self.device)
+        first = next(self.extras.parameters(), None)
+        if first is not None and first.device != self.device:  # .to() walks every submodule even when nothing moves
+            self.extras.to(self.device)
+        return self.extras
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return super().trainable_parameters() + list(self._extras_on_device().parameters())

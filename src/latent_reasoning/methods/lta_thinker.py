@@ -229,8 +229,7 @@ class LTAThinker(SoftThoughtMethod):
         and the placeholders unless steps_in_prompt."""
         generator = self._extras_on_device()["generator"]
         rows, slots, step_flags, question_end, step_ends = [], [], [], [], []
-        for example in examples:
-            question = self.question_ids(example, n)
+        for example, question in zip(examples, self.question_ids(examples, n)):
             steps, ends = self.step_tokens(example) if with_steps else ([], [])
             rows.append(question + steps)
             slots.append([-1] * len(question + steps) + list(range(n)))
