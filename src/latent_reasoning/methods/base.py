@@ -6,6 +6,7 @@ per-step diagnostics of a group (`RolloutMethod`)."""
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections import Counter
 from contextlib import contextmanager
@@ -351,8 +352,10 @@ class ExtraModules:
     extras: nn.ModuleDict
 
     def _extras_on_device(self) -> nn.ModuleDict:
-        first = next(self.extras.parameters(), None)
-        if first is not None and first.device != self.device:  # .to() walks every submodule even when nothing moves
+        # .to() walks every submodule even when nothing moves; the extras move together, so one tensor tells (a
+        # buffer where there is no parameter: coconut's step_tokens)
+        first = next(itertools.chain(self.extras.parameters(), self.extras.buffers()), None)
+        if first is not None and first.device != self.device:
             self.extras.to(self.device)
         return self.extras
 

@@ -140,7 +140,7 @@ class SoftThoughtMethod(ExtraModules, Method):
 
     def question_ids(self, examples: list[Example], n: int, tokenizer=None) -> list[list[int]]:
         """Each question's ids, cut from the left so that it and n thoughts with <bot> <eot> fit in max_length;
-        tokenized in one call (per-example calls cost an answer of a tiny model about 1%)."""
+        all tokenized in one call."""
         rows = (tokenizer or self.tokenizer)([prompt_text(e) for e in examples], add_special_tokens=False)["input_ids"]
         return [row[-max(self.config.max_length - n - 2, 1) :] for row in rows]
 
