@@ -33,12 +33,13 @@ over the repeats of each repeat's own pair:
   per-iteration caches and the Python loop cost), on_over_off (what the stabilisers cost), and on / unrolled for
   the prefill and the decode step alone.
 Then, per T, where the CPU time of --breakdown-answers answers of `on` goes (clocks around DepthLoop.iterate, the
-core's layers inside it, the loop-wise LoRA hooks inside those, and mu_E = mean_embedding_norm): core layers,
-LoRA hooks, the rest of iterate (timestep embedding, normalisation, injection), mu_E, and everything outside the
-loop (embedding, masks, rotary tables, head, the answer loop's bookkeeping); stabilisers_share is the LoRA hooks,
-the rest of iterate and mu_E together, and without_stabilisers_ratio = total / (total - those): the on / off ratio
-this accounting implies. Measured inside the same answers, it does not suffer the run-to-run noise of the timings
-above (it leaves out the cost of calling a linear layer that has a hook, which is small).
+core's layers inside it, the merging of the loop-wise LoRA adapters into the weights, LoopLoRA.merged_weights,
+and mu_E = mean_embedding_norm): core layers, LoRA merge, the rest of iterate (timestep embedding, normalisation,
+injection, swapping the merged weights in), mu_E, and everything outside the loop (embedding, masks, rotary tables,
+head, the answer loop's bookkeeping); stabilisers_share is the merge, the rest of iterate and mu_E together, and
+without_stabilisers_ratio = total / (total - those): the on / off ratio this accounting implies. Measured inside the
+same answers, it does not suffer the run-to-run noise of the timings above (it leaves out what the merged weights'
+own memory costs the core's products, if anything).
 
     OMP_NUM_THREADS=1 python bench/depth_loop_speed.py                       # tiny-5m, 4x4 multiplication prompts
     OMP_NUM_THREADS=1 python bench/depth_loop_speed.py --model tiny-20m --repeats 5 --breakdown-answers 1
@@ -155,10 +156,11 @@ def depth_prefill(method, prompts: list[str]):
 
 class Breakdown:
     """Where answers of `method` spend CPU time: clocks around its core iterations (DepthLoop.iterate),
-    the layers they call, the loop-wise LoRA hooks inside those layers and mean_embedding_norm; removed by `close`."""
+    the layers they call, the merging of the loop-wise LoRA adapters into the weights (LoopLoRA.merged_weights) and
+    mean_embedding_norm; removed by `close`."""
 
     def __init__(self, method):
-        self.seconds = dict.fromkeys(("iterate", "core_layers", "lora", "norm_scale"), 0.0)
+        self.seconds = dict.fromkeys(("iterate", "core_layers", "merge", "norm_scale"), 0.0)
         self.inside = False  # within an iteration: the layers called are the core's
         self.restore = []
         iterate, layers = method.iterate, method.layers
@@ -170,11 +172,9 @@ class Breakdown:
         looped.mean_embedding_norm = self.timed("norm_scale", scale)
         self.restore.append(lambda: setattr(looped, "mean_embedding_norm", scale))
         if "loop_lora" in method.extras:
-            for handle in method.extras["loop_lora"].handles:
-                hooks = handle.hooks_dict_ref()
-                hook = hooks[handle.id]
-                hooks[handle.id] = self.timed("lora", hook)
-                self.restore.append(lambda hooks=hooks, key=handle.id, hook=hook: hooks.__setitem__(key, hook))
+            lora = method.extras["loop_lora"]
+            lora.merged_weights = self.timed("merge", lora.merged_weights)
+            self.restore.append(lambda: vars(lora).pop("merged_weights"))
 
     def timed(self, label, function, flag=False):
         def wrapper(*args, **kwargs):
@@ -231,7 +231,7 @@ def main() -> None:
     top = max(loops)
     # each answerer on its own copy of the weights: none finds another's weights warm in the caches
     off = depth_method(copy.deepcopy(model), tokenizer, task, args.tokens, top, **ALL_OFF)
-    on = depth_method(copy.deepcopy(model), tokenizer, task, args.tokens, top, **ALL_ON)  # its LoRA hooks on its copy
+    on = depth_method(copy.deepcopy(model), tokenizer, task, args.tokens, top, **ALL_ON)
     references = {t: unrolled(model, t) for t in loops}
     configs = {(method, t): replace(method.config, eval_loops=t) for method in (off, on) for t in loops}
 
@@ -308,10 +308,10 @@ def main() -> None:
         total = time.process_time() - started
         probe.close()
         s = probe.seconds
-        parts = {"core_layers": s["core_layers"] - s["lora"], "lora_hooks": s["lora"],
-                 "timestep_normalize_injection": s["iterate"] - s["core_layers"], "norm_scale": s["norm_scale"],
-                 "outside_the_loop": total - s["iterate"] - s["norm_scale"]}
-        stabilisers = parts["lora_hooks"] + parts["timestep_normalize_injection"] + parts["norm_scale"]
+        parts = {"core_layers": s["core_layers"], "lora_merge": s["merge"],
+                 "timestep_normalize_injection": s["iterate"] - s["core_layers"] - s["merge"],
+                 "norm_scale": s["norm_scale"], "outside_the_loop": total - s["iterate"] - s["norm_scale"]}
+        stabilisers = sum(parts[k] for k in ("lora_merge", "timestep_normalize_injection", "norm_scale"))
         print(json.dumps({"model": args.model, "T": t, "breakdown_of": f"{args.breakdown_answers} on answers",
                           "total_ms": round(1000 * total, 1),
                           **{f"{k}_ms": round(1000 * v, 1) for k, v in parts.items()},

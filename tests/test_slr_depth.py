@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from latent_reasoning import checkpoint, methods, tasks
-from latent_reasoning.backbones import load_backbone
+from latent_reasoning.backbones import add_lora, load_backbone
 from latent_reasoning.cli import main
 from latent_reasoning.config import ConfigError
 from latent_reasoning.inspect_thoughts import DepthTrace, depth_report, inspect
@@ -20,7 +20,7 @@ from latent_reasoning.methods.base import encode_prompts, prompt_text
 from latent_reasoning.methods.coconut import relative_change
 from latent_reasoning.methods.looped import Caches, DepthLoop
 from latent_reasoning.run import make_run, texts_of
-from latent_reasoning.trainer import TrainConfig, Trainer
+from latent_reasoning.trainer import TrainConfig, Trainer, adamw
 
 PARITY = tasks.get("parity", bits=6)
 EXAMPLES = PARITY.generate(64, seed=0)
@@ -76,7 +76,8 @@ def test_one_loop_with_every_stabiliser_off_is_the_plain_model(base, prelude, co
         assert not torch.allclose(method.run(ids, mask, loops=2).logits[real], plain[real], atol=1e-3)
 
 
-@torch.no_grad()  # as answering runs: the cached passes take e_t and the adapters' factors once (Caches.constants)
+# as answering runs: the cached passes take e_t once (Caches.constants) and the loop adapters merged into the weights
+@torch.no_grad()
 def test_cached_decoding_equals_full_recomputation(base):
     T = 3
     method = make(base, loops=T, prelude=1, coda=1)  # every stabiliser on
@@ -111,6 +112,48 @@ def test_cached_decoding_equals_full_recomputation(base):
         assert prediction.text == method.tokenizer.decode(generated, skip_special_tokens=True)
         assert prediction.thoughts == [T] * len(generated) and prediction.generated_tokens == len(generated)
         assert prediction.forward_passes == pytest.approx(len(generated) * (1 + 2 * T + 1) / 4)
+
+
+@pytest.mark.parametrize("backbone_lora", [False, True])
+def test_answering_merges_the_loop_adapters_into_the_weights_and_follows_training_and_loading(base, backbone_lora):
+    T = 2
+    method = make(base, loops=T, **{**ALL_OFF, "loop_lora": True})
+    if backbone_lora:  # under a peft adapter on the same projections, which must still add its own update
+        model, tokenizer = base
+        model = add_lora(copy.deepcopy(model), r=2, alpha=4)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+        lora = method.extras["loop_lora"]
+        method = methods.get("slr")(method.config, model, tokenizer, PARITY)
+        method.extras["loop_lora"].load_state_dict(lora.state_dict())
+        method.model.eval()
+    ids, mask = prompts(method, [EXAMPLES[0], SHORT[0]])
+    real = mask.bool()
+    weights = dict(method.model.named_parameters())
+
+    @torch.no_grad()
+    def answered():  # answering's cached pass (W + s B_t A_t) against the hooks' (W x + s B_t A_t x)
+        merged = method.run(ids, mask, T, method.new_caches()).logits
+        torch.testing.assert_close(merged[real], method.run(ids, mask, T).logits[real], atol=1e-5, rtol=0)
+        return merged
+
+    first = answered()
+    lora = method.extras["loop_lora"]
+    assert len(lora.merged) == T * len(lora.bases)  # one merged weight per loop index and adapted layer
+    optimizer = adamw(method.trainable_parameters(), lr=1e-2, weight_decay=0.0)  # the trainer's (fused)
+    method.loss(EXAMPLES[:4], step=0)[0].backward()
+    optimizer.step()
+    trained = answered()  # the step shows in the merged weights
+    assert not torch.allclose(trained[real], first[real], atol=1e-4)
+    method.load_extra_state({key: value + 0.05 if ".B." in key else value for key, value in method.extra_state().items()})
+    assert not torch.allclose(answered()[real], trained[real], atol=1e-4)  # and so does a load
+    assert all(p is weights[name] for name, p in method.model.named_parameters())  # the model's own weights are back
+    if backbone_lora:  # the backbone's adapter counts in what the merged weights gave (its update is not zero)
+        with torch.no_grad(), method.model.disable_adapter():
+            without = method.run(ids, mask, T, method.new_caches()).logits
+        assert not torch.allclose(without[real], trained[real], atol=1e-3)
 
 
 def first_decoding_step(method, examples, T):

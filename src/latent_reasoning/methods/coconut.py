@@ -102,6 +102,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -695,15 +696,14 @@ class LoopLoRA(nn.Module):
     index costs nothing and keeps every adapter in the autograd graph (unlike peft's set_adapter,
     which toggles requires_grad). Loop indices beyond the last adapter use the last one.
 
-    A hook is a fixed cost per call, which on a small model's decode step rivals the projection it adapts;
-    so answering sets `factors` to iteration t's (A_t^T, (alpha / r) B_t^T) per layer, taken once per answer
-    (`factors_at`), and the hook runs two products and an add.
+    Answering without gradients can instead run each adapted layer on its merged weight W + (alpha / r) B_t A_t
+    (`folded(t)`): one product a layer where the hook adds two and an add, each a fixed cost that on a small
+    model's decoding step rivals the projection it adapts.
     """
 
     def __init__(self, model: nn.Module, loops: int, r: int, alpha: float, targets: list[str]):
         super().__init__()
         self.loops, self.scale, self.active = loops, alpha / r, None
-        self.factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         if not targets:
             names = [name for name, _ in model.named_modules()]
             targets = (["q_proj", "v_proj"] if any(n.endswith("q_proj") for n in names)
@@ -713,6 +713,11 @@ class LoopLoRA(nn.Module):
         if not layers:
             raise ConfigError(f"loop_lora_targets={targets}: no linear layer of the backbone has such a name")
         self.names = [name for name, _ in layers]
+        # the layers whose weight `folded` swaps (a peft LoRA layer's base layer: its own adapter still adds on top);
+        # a plain list, so that they stay out of this module's parameters and saved state
+        self.bases = [getattr(module, "base_layer", module) for _, module in layers]
+        self.merged: dict[tuple[int, int], torch.Tensor] = {}  # (t, layer) -> the buffer `merged_weights` writes
+        self.merged_loops: set[int] = set()  # the loop indices whose buffers hold the current weights
         self.A = nn.ParameterList()
         self.B = nn.ParameterList()
         self.handles = []
@@ -725,25 +730,60 @@ class LoopLoRA(nn.Module):
             self.B.append(nn.Parameter(torch.zeros(loops, n_out, r)))
             self.handles.append(module.register_forward_hook(self._hook(index)))
 
-    def factors_at(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per adapted layer, loop index t's (A_t^T, (alpha / r) B_t^T), detached and contiguous: for answering."""
+    def merged_weights(self, t: int) -> list[torch.Tensor]:
+        """Per adapted nn.Linear, its weight with loop index t's adapter merged in, W + (alpha / r) B_t A_t: written
+        once into buffers of its own and kept until `stale()` (a new tensor per answer cost a tiny-5m answer more than
+        the hooks do, in first touches of its memory, and rewriting them per answer 2-3% of it: bench/README.md,
+        "Depth-loop speed")."""
         t = min(t, self.loops - 1)
-        return [(a[t].detach().T.contiguous(), (b[t].detach() * self.scale).T.contiguous())
-                for a, b in zip(self.A, self.B)]
+        if t not in self.merged_loops:
+            for index, base in enumerate(self.bases):
+                weight, a, b = base.weight, self.A[index], self.B[index]
+                buffer = self.merged.get((t, index))
+                if buffer is None or (buffer.device, buffer.dtype) != (weight.device, weight.dtype):
+                    buffer = self.merged[(t, index)] = torch.empty_like(weight, requires_grad=False)
+                torch.addmm(weight.detach(), b[t].detach().to(weight.dtype), a[t].detach().to(weight.dtype),
+                            alpha=self.scale, out=buffer)
+            self.merged_loops.add(t)
+        return [self.merged[(t, index)] for index in range(len(self.bases))]
+
+    def stale(self) -> None:
+        """The weights changed (a training step, a load): the next `merged_weights` call merges again. Changes made
+        otherwise (by hand, or peft merging its own adapter into W) go unseen until this is called."""
+        self.merged_loops.clear()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.stale()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    @contextmanager
+    def folded(self, t: int):
+        """Within it (no gradients), the adapted layers run on their weights merged with loop index t's adapter
+        (`merged_weights`), without the hooks."""
+        merged = self.merged_weights(t)
+        # set in the parameter dict itself: a merged weight is no Parameter, which assignment would demand
+        own = [base._parameters["weight"] for base in self.bases]
+        for base, weight in zip(self.bases, merged):
+            base._parameters["weight"] = weight
+        # the hooks leave their modules meanwhile: a module with any hook at all is called by a slower path
+        hooks = [(handle.hooks_dict_ref(), handle.id) for handle in self.handles]
+        hooks = [(table, key, table.pop(key)) for table, key in hooks]
+        try:
+            yield
+        finally:
+            for base, weight in zip(self.bases, own):
+                base._parameters["weight"] = weight
+            for table, key, hook in hooks:
+                table[key] = hook
 
     def _hook(self, index: int):
         def hook(module, inputs, output):
             if self.active is None:
                 return output
+            t = min(self.active, self.loops - 1)
+            a, b = self.A[index][t], self.B[index][t]
             x = inputs[0]
-            if self.factors is not None:
-                a_t, b_t = self.factors[index]
-                delta = (x.to(a_t.dtype) @ a_t) @ b_t
-            else:
-                t = min(self.active, self.loops - 1)
-                a, b = self.A[index][t], self.B[index][t]
-                delta = (x.to(a.dtype) @ a.T) @ b.T * self.scale
-            return output + delta.to(output.dtype)
+            return output + ((x.to(a.dtype) @ a.T) @ b.T * self.scale).to(output.dtype)
 
         return hook
 

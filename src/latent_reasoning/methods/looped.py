@@ -98,8 +98,8 @@ from .sft import NoCoT
 class Caches:
     """What incremental answering keeps between passes: the KV caches, `outer` for the prelude and coda layers,
     `loops[t - 1]` for the core layers in iteration t, and `constants`, what depends on the weights alone (mu_E,
-    e_t, the loop adapters' factors), computed by the first pass: the weights do not change while answering, and
-    recomputing them costs a decoding pass measurably (bench/depth_loop_speed.py: on SmolLM2's 49,152 rows mu_E
+    e_t), computed by the first pass: the weights do not change while answering, and recomputing them costs a
+    decoding pass measurably (bench/depth_loop_speed.py: on SmolLM2's 49,152 rows mu_E
     alone costs about two decoder layers)."""
 
     outer: DynamicCache
@@ -246,15 +246,18 @@ class DepthLoop(ExtraModules, NoCoT):
             timestep = self.extras["timestep"]
             x = timestep(x, t - 1, self.constant(caches, ("e", t), lambda: timestep.vector(t - 1)))
         lora = self.extras["loop_lora"] if config.loop_lora and "loop_lora" in self.extras else None
-        if lora is not None:
+        cache = caches.loops[t - 1] if caches else None
+        if lora is None:
+            x = self.layers(self.core, x, layer_inputs, cache)
+        elif caches is not None and not torch.is_grad_enabled():  # answering: the adapters merged into the weights
+            with lora.folded(t - 1):
+                x = self.layers(self.core, x, layer_inputs, cache)
+        else:
             lora.active = t - 1
-            if caches is not None and not torch.is_grad_enabled():
-                lora.factors = self.constant(caches, ("lora", t), lambda: lora.factors_at(t - 1))
-        try:
-            x = self.layers(self.core, x, layer_inputs, caches.loops[t - 1] if caches else None)
-        finally:
-            if lora is not None:
-                lora.active = lora.factors = None
+            try:
+                x = self.layers(self.core, x, layer_inputs, cache)
+            finally:
+                lora.active = None
         return x + h0 if config.injection else x
 
     def layers(self, indices: range, h: torch.Tensor, layer_inputs: dict, cache) -> torch.Tensor:
@@ -310,6 +313,8 @@ class DepthLoop(ExtraModules, NoCoT):
 
     def loss(self, examples: list[Example], step: int):
         self._extras_on_device()
+        if "loop_lora" in self.extras:
+            self.extras["loop_lora"].stale()  # this step changes the weights its merged copies were made from
         self.step_loops = T = self.training_loops(step)
         if self.config.step_hold:  # rows whose answer T cannot reach answer with step T (module docstring)
             examples = [replace(e, answer=e.steps[T - 1]) if T <= len(e.steps) else e for e in examples]
