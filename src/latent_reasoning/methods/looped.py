@@ -137,7 +137,10 @@ class DepthLoop(ExtraModules, NoCoT):
 
     def __init__(self, config: SLRConfig, model, tokenizer, task):
         super().__init__(config, model, tokenizer, task)
-        layers = model.get_decoder().layers
+        # looked up once: a decoding pass calls them dozens of times, and get_decoder and ModuleList indexing cost
+        # Python time a tiny model's pass notices (bench/README.md, "Depth-loop speed")
+        self.decoder = self.model.get_decoder()
+        layers = self.decoder_layers = list(self.decoder.layers)
         if config.prelude + config.coda >= len(layers):
             raise ConfigError(f"prelude={config.prelude}, coda={config.coda}: the model has {len(layers)} decoder "
                               f"layers, so no layer is left for the looped core")
@@ -181,7 +184,7 @@ class DepthLoop(ExtraModules, NoCoT):
         With `readouts` (no caches; step_weight) the logits [B, V] of each iteration's readout at position
         `readout_at` [B] of each row (default the last) are appended to it.
         """
-        config, decoder = self.config, self.model.get_decoder()
+        config, decoder = self.config, self.decoder
         x = self.model.get_input_embeddings()(ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
         layer_inputs = dict(
@@ -262,13 +265,12 @@ class DepthLoop(ExtraModules, NoCoT):
 
     def layers(self, indices: range, h: torch.Tensor, layer_inputs: dict, cache) -> torch.Tensor:
         """The decoder layers `indices` over h, called as the model's own forward calls them."""
-        decoder = self.model.get_decoder()
         for i in indices:
-            h = decoder.layers[i](h, **layer_inputs, cache=cache, use_cache=cache is not None)
+            h = self.decoder_layers[i](h, **layer_inputs, cache=cache, use_cache=cache is not None)
         return h
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.get_output_embeddings()(self.model.get_decoder().norm(h))
+        return self.model.get_output_embeddings()(self.decoder.norm(h))
 
     # -- halting -------------------------------------------------------------------------------------
     def peek(self, h: torch.Tensor, layer_inputs: dict, outer: DynamicCache) -> torch.Tensor:
@@ -407,8 +409,10 @@ class DepthLoop(ExtraModules, NoCoT):
         done = torch.zeros(rows, dtype=torch.bool, device=self.device)
         tokens, costs = [], [[] for _ in range(rows)]
         while True:
-            for b in (~done).nonzero().flatten().tolist():
-                costs[b].append((int(step.iterations[b]), int(step.coda_runs[b])))
+            for b, (iterations, coda_runs, finished) in enumerate(zip(step.iterations.tolist(), step.coda_runs.tolist(),
+                                                                     done.tolist())):
+                if not finished:
+                    costs[b].append((iterations, coda_runs))
             logits = step.logits[:, -1].float()
             if sampling:
                 picked = torch.multinomial(torch.softmax(logits / config.temperature, dim=-1), 1).squeeze(1)
