@@ -9,7 +9,8 @@ Both answer the same batch of questions on the same backbone and decode exactly 
 
 Timed alternately, one round = one of each (their order swapped every round), after a warm-up; prints one JSON
 line per (model, N) with the medians, the median of the per-round ratios and the ratio of the fastest runs (the
-machine is shared: the fastest run is the one least slowed by other jobs).
+machine is shared: the fastest run is the one least slowed by other jobs), and `generator_s`, the median time of the
+generator alone (`method.thoughts`, what the prefill runs first), timed in the same rounds.
 
     OMP_NUM_THREADS=1 python bench/lta_answer_speed.py --models tiny-5m,smollm2-135m-instruct --thoughts 2,32
 """
@@ -57,7 +58,7 @@ def measure(model: str, thoughts: list[int], args) -> list[dict]:
     method.model.eval()
     rows = []
     for n in thoughts:
-        cot_seconds, lta_seconds = [], []
+        cot_seconds, lta_seconds, generator_seconds = [], [], []
         for round_ in range(args.repeats + 1):  # round 0 warms up
             timed = {}
             for name in (("cot", "lta") if round_ % 2 else ("lta", "cot")):
@@ -66,14 +67,18 @@ def measure(model: str, thoughts: list[int], args) -> list[dict]:
                     method, examples, n, args.tokens)
                 timed[name] = time.perf_counter() - started
                 assert produced == args.batch * args.tokens, (name, produced)
+            started = time.perf_counter()
+            method.thoughts(examples, n)
             if round_:
                 cot_seconds.append(timed["cot"])
                 lta_seconds.append(timed["lta"])
+                generator_seconds.append(time.perf_counter() - started)
         rows.append({"model": model, "thoughts": n, "batch": args.batch, "tokens": args.tokens,
                      "threads": torch.get_num_threads(), "cot_s": round(statistics.median(cot_seconds), 4),
                      "lta_thinker_s": round(statistics.median(lta_seconds), 4),
                      "lta_over_cot": round(statistics.median(l / c for l, c in zip(lta_seconds, cot_seconds)), 3),
-                     "fastest_lta_over_fastest_cot": round(min(lta_seconds) / min(cot_seconds), 3)})
+                     "fastest_lta_over_fastest_cot": round(min(lta_seconds) / min(cot_seconds), 3),
+                     "generator_s": round(statistics.median(generator_seconds), 5)})
     return rows
 
 

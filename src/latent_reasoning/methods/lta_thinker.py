@@ -95,10 +95,16 @@ class ThoughtGenerator(nn.Module):
         self.norm2 = nn.RMSNorm(hidden, eps=eps)
         self.projection = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """x [B, L, H]; visible [B, L, L], True where position i reads position j. Returns V [B, L, H]."""
-        attended, _ = self.attention(x, x, x, attn_mask=~visible, need_weights=False)
-        u = self.norm1(x + attended)
+    def forward(self, x: torch.Tensor, visible: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, H]; visible [B, L, L], True where position i reads position j. Returns V [B, L, H], or with `at`
+        [B, M] V at those positions alone, [B, M, H]: the queries and all that follows them run on M positions (an
+        answer needs the thoughts only)."""
+        query, mask = x, visible
+        if at is not None:
+            query = x.gather(1, at.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            mask = visible.gather(1, at.unsqueeze(-1).expand(-1, -1, visible.shape[-1]))
+        attended, _ = self.attention(query, x, x, attn_mask=~mask, need_weights=False)
+        u = self.norm1(query + attended)
         return self.projection(self.norm2(u + self.feed_forward(u)))
 
     @torch.no_grad()
@@ -132,7 +138,7 @@ class GeneratorRead:
     """What the generator computed for a batch: V [B, L, H] over its prompts, and where things are in them."""
 
     states: torch.Tensor
-    question_end: torch.Tensor  # [B] the question's last token
+    question_end: torch.Tensor | None  # [B] the question's last token (None: states are the thoughts alone)
     thought_positions: torch.Tensor  # [B, N] the placeholders
     step_ends: list[list[int]]  # per example, the last token of each gold step (none without steps)
 
@@ -224,9 +230,10 @@ class LTAThinker(SoftThoughtMethod):
             start += len(step) + len(separator)
         return encoded["input_ids"], ends
 
-    def generate(self, examples: list[Example], n: int, with_steps: bool) -> GeneratorRead:
+    def generate(self, examples: list[Example], n: int, with_steps: bool, thoughts_only: bool = False) -> GeneratorRead:
         """Run G over "question [steps] p_1 .. p_n" for each example (right-padded), steps hidden from the question
-        and the placeholders unless steps_in_prompt."""
+        and the placeholders unless steps_in_prompt. With `thoughts_only` the states are the thoughts alone [B, n, H]
+        (G's output at the placeholders, `thought_positions` then 0 .. n - 1, no anchor): what answering reads."""
         generator = self._extras_on_device()["generator"]
         rows, slots, step_flags, question_end, step_ends = [], [], [], [], []
         for example, question in zip(examples, self.question_ids(examples, n)):
@@ -249,12 +256,15 @@ class LTAThinker(SoftThoughtMethod):
         if not self.config.steps_in_prompt:
             visible = visible & ~(is_step.unsqueeze(1) & ~is_step.unsqueeze(2))  # only steps read steps
         visible = visible | torch.eye(width, dtype=torch.bool, device=device)  # padding rows read themselves
-        states = generator(x.to(generator.projection.weight.dtype), visible)
         positions = torch.tensor([[len(r) + j for j in range(n)] for r in rows], device=device)
-        return GeneratorRead(states, torch.tensor(question_end, device=device), positions, step_ends)
+        x = x.to(generator.projection.weight.dtype)
+        if thoughts_only:
+            states, positions = generator(x, visible, at=positions), torch.arange(n, device=device).expand(len(rows), -1)
+            return GeneratorRead(states, None, positions, step_ends)
+        return GeneratorRead(generator(x, visible), torch.tensor(question_end, device=device), positions, step_ends)
 
     def thoughts(self, examples: list[Example], n: int) -> torch.Tensor:
-        return self.generate(examples, n, with_steps=False).thoughts.unsqueeze(1)
+        return self.generate(examples, n, with_steps=False, thoughts_only=True).thoughts.unsqueeze(1)
 
     def focus_loss(self, examples: list[Example], read: GeneratorRead, step: int) -> torch.Tensor | None:
         """L_focus averaged over the examples with gold steps (None if there are none)."""
