@@ -181,14 +181,14 @@ def test_hidden_steps_leave_the_training_thoughts_equal_to_the_answer_time_ones(
     torch.testing.assert_close(trained.anchor, answered.anchor, rtol=0, atol=1e-5)
     shown = make(base, steps_in_prompt=True)
     with torch.no_grad():  # what answering runs: the generator's queries at the placeholders alone
-        alone = hidden.generate(examples, 4, with_steps=False, thoughts_only=True)
+        alone = hidden.thoughts(examples, 4)[:, 0]
         mixed = examples[:2] + tasks.get("multiplication", digits=3).generate(1, seed=0)  # rows of unequal length
-        full_steps = shown.generate(mixed, 4, with_steps=True)
-        alone_steps = shown.generate(mixed, 4, with_steps=True, thoughts_only=True)
-    assert alone.states.shape == answered.thoughts.shape
-    torch.testing.assert_close(alone.thoughts, answered.thoughts, rtol=0, atol=1e-5)
-    assert len(set(full_steps.thought_positions[:, 0].tolist())) > 1
-    torch.testing.assert_close(alone_steps.thoughts, full_steps.thoughts, rtol=0, atol=1e-5)
+        full_mixed = hidden.generate(mixed, 4, with_steps=False)
+        alone_mixed = hidden.thoughts(mixed, 4)[:, 0]
+    assert alone.shape == answered.thoughts.shape
+    torch.testing.assert_close(alone, answered.thoughts, rtol=0, atol=1e-5)
+    assert len(set(full_mixed.thought_positions[:, 0].tolist())) > 1
+    torch.testing.assert_close(alone_mixed, full_mixed.thoughts, rtol=0, atol=1e-5)
     with torch.no_grad():
         assert not torch.allclose(shown.generate(examples, 4, with_steps=True).thoughts,
                                   shown.generate(examples, 4, with_steps=False).thoughts, atol=1e-3)

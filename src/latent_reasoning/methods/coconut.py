@@ -733,7 +733,7 @@ class LoopLoRA(nn.Module):
     def merged_weights(self, t: int) -> list[torch.Tensor]:
         """Per adapted nn.Linear, its weight with loop index t's adapter merged in, W + (alpha / r) B_t A_t: written
         once into buffers of its own and kept until `stale()` (a new tensor per answer cost a tiny-5m answer more than
-        the hooks do, in first touches of its memory, and rewriting them per answer 2-3% of it: bench/README.md,
+        the hooks do, in first touches of its memory, and rewriting them per answer 1.5-3% of it: bench/README.md,
         "Depth-loop speed")."""
         t = min(t, self.loops - 1)
         if t not in self.merged_loops:

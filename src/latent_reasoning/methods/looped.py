@@ -99,8 +99,8 @@ class Caches:
     """What incremental answering keeps between passes: the KV caches, `outer` for the prelude and coda layers,
     `loops[t - 1]` for the core layers in iteration t, and `constants`, what depends on the weights alone (mu_E,
     e_t), computed by the first pass: the weights do not change while answering, and recomputing them costs a
-    decoding pass measurably (bench/depth_loop_speed.py: on SmolLM2's 49,152 rows mu_E
-    alone costs about two decoder layers)."""
+    decoding pass measurably (bench/depth_loop_speed.py: on SmolLM2's 49,152 rows mu_E alone costs about two
+    decoder layers)."""
 
     outer: DynamicCache
     loops: list[DynamicCache]

@@ -138,7 +138,7 @@ class GeneratorRead:
     """What the generator computed for a batch: V [B, L, H] over its prompts, and where things are in them."""
 
     states: torch.Tensor
-    question_end: torch.Tensor | None  # [B] the question's last token (None: states are the thoughts alone)
+    question_end: torch.Tensor  # [B] the question's last token
     thought_positions: torch.Tensor  # [B, N] the placeholders
     step_ends: list[list[int]]  # per example, the last token of each gold step (none without steps)
 
@@ -230,10 +230,10 @@ class LTAThinker(SoftThoughtMethod):
             start += len(step) + len(separator)
         return encoded["input_ids"], ends
 
-    def generate(self, examples: list[Example], n: int, with_steps: bool, thoughts_only: bool = False) -> GeneratorRead:
-        """Run G over "question [steps] p_1 .. p_n" for each example (right-padded), steps hidden from the question
-        and the placeholders unless steps_in_prompt. With `thoughts_only` the states are the thoughts alone [B, n, H]
-        (G's output at the placeholders, `thought_positions` then 0 .. n - 1, no anchor): what answering reads."""
+    def generator_inputs(self, examples: list[Example], n: int, with_steps: bool):
+        """G's input x [B, L, H] over "question [steps] p_1 .. p_n" for each example (right-padded), what each
+        position reads (visible [B, L, L]: steps hidden from the question and the placeholders unless steps_in_prompt),
+        the questions' last positions [B], the placeholders' [B, n] and the gold steps' ends."""
         generator = self._extras_on_device()["generator"]
         rows, slots, step_flags, question_end, step_ends = [], [], [], [], []
         for example, question in zip(examples, self.question_ids(examples, n)):
@@ -257,14 +257,18 @@ class LTAThinker(SoftThoughtMethod):
             visible = visible & ~(is_step.unsqueeze(1) & ~is_step.unsqueeze(2))  # only steps read steps
         visible = visible | torch.eye(width, dtype=torch.bool, device=device)  # padding rows read themselves
         positions = torch.tensor([[len(r) + j for j in range(n)] for r in rows], device=device)
-        x = x.to(generator.projection.weight.dtype)
-        if thoughts_only:
-            states, positions = generator(x, visible, at=positions), torch.arange(n, device=device).expand(len(rows), -1)
-            return GeneratorRead(states, None, positions, step_ends)
-        return GeneratorRead(generator(x, visible), torch.tensor(question_end, device=device), positions, step_ends)
+        return (x.to(generator.projection.weight.dtype), visible, torch.tensor(question_end, device=device), positions,
+                step_ends)
+
+    def generate(self, examples: list[Example], n: int, with_steps: bool) -> GeneratorRead:
+        """Run G over every position of "question [steps] p_1 .. p_n" (`generator_inputs`)."""
+        x, visible, question_end, positions, step_ends = self.generator_inputs(examples, n, with_steps)
+        return GeneratorRead(self.extras["generator"](x, visible), question_end, positions, step_ends)
 
     def thoughts(self, examples: list[Example], n: int) -> torch.Tensor:
-        return self.generate(examples, n, with_steps=False, thoughts_only=True).thoughts.unsqueeze(1)
+        """[B, 1, n, H] G's output at the placeholders, its queries run there alone: an answer reads nothing else."""
+        x, visible, _, positions, _ = self.generator_inputs(examples, n, with_steps=False)
+        return self.extras["generator"](x, visible, at=positions).unsqueeze(1)
 
     def focus_loss(self, examples: list[Example], read: GeneratorRead, step: int) -> torch.Tensor | None:
         """L_focus averaged over the examples with gold steps (None if there are none)."""
