@@ -37,3 +37,38 @@ def test_bucketed_loss_and_gradients_equal_one_padded_batch():
     torch.testing.assert_close(loss, reference)
     for name, p in method.model.named_parameters():
         torch.testing.assert_close(bucketed[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_linear_cross_entropy_equals_cross_entropy_over_whole_logits(monkeypatch):
+    from latent_reasoning.methods import base
+
+    monkeypatch.setattr(base, "LOGIT_CHUNK_BYTES", 4 * 50 * 6)  # chunks of 6 rows: 37 rows make 7 chunks
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (37,))
+    labels[::5] = -100
+    for autocast in (False, True):
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            reference = torch.nn.functional.cross_entropy((hidden @ weight.T).float(), labels, reduction="sum")
+            fused = base.linear_cross_entropy(hidden, weight, labels)
+        expected = torch.autograd.grad(3 * reference, (hidden, weight))
+        got = torch.autograd.grad(3 * fused, (hidden, weight))
+        torch.testing.assert_close(fused, reference)
+        for g, e in zip(got, expected):
+            tolerance = {"rtol": 3e-2, "atol": 3e-2} if autocast else {}  # bf16 rounding at other points
+            torch.testing.assert_close(g, e, **tolerance)
+        assert got[0][::5].abs().sum() == 0  # an ignored row gets no gradient
+
+
+def test_sft_loss_takes_the_same_value_without_the_fused_head(monkeypatch):
+    from latent_reasoning.methods import sft
+
+    examples = tasks.get("prosqa").generate(6, seed=1)
+    run = make_run({"method": "cot", "task": "prosqa", "model": "tiny-5m", "log_with": "none"})
+    method = build_method(run, texts_of(examples))
+    assert sft.plain_head(method.model) is method.model.get_output_embeddings()  # llama: the fused path runs
+    fused, _ = method.loss(examples, 0)
+    monkeypatch.setattr(sft, "plain_head", lambda model: None)
+    unfused, _ = method.loss(examples, 0)
+    torch.testing.assert_close(fused, unfused)

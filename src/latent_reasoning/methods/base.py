@@ -254,6 +254,69 @@ def length_buckets(lengths: list[int], pass_cost: int = 64) -> list[list[int]]:
     return buckets[::-1]
 
 
+# Model types whose logits are exactly lm_head(final hidden state): a bias-free Linear, no scale or soft cap.
+PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+LOGIT_CHUNK_BYTES = 2**24  # fp32 logits of one chunk of rows: 16 MiB, so that the allocator reuses its memory
+
+
+def plain_head(model) -> nn.Linear | None:
+    """The output layer, if the model's logits are that layer applied to its decoder's final hidden state."""
+    head = model.get_output_embeddings()
+    if model.config.model_type in PLAIN_HEAD_TYPES and type(head) is nn.Linear and head.bias is None:
+        return head
+    return None
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_i -log softmax(h_i W^T)[y_i] over the rows i with y_i != -100, and its gradients, computed in the
+    forward pass a chunk of rows at a time:
+
+        dL/dh = G W,   dL/dW = G^T h,   G_i = softmax(h_i W^T) - onehot(y_i)   (G_i = 0 where y_i = -100)
+
+    so the [rows, vocab] logits never exist whole in fp32 and backward has only to scale. With SmolLM2's 49k-token
+    vocabulary those fp32 logits, their log-softmax and gradients were ~1.2 GB of fresh memory a step, whose page
+    faults cost a third of a CPU training step (bench/README.md "Trainer speed"). The logits are formed as
+    `h @ W^T` is under the ambient autocast, and reduced in fp32, as F.cross_entropy(logits.float()) reduces them."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        chunk = max(1, LOGIT_CHUNK_BYTES // (4 * vocab))
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_logits = None
+        for start in range(0, rows, chunk):
+            logits = hidden[start : start + chunk] @ weight.T
+            if grad_logits is None:
+                grad_logits = logits.new_empty(rows, vocab)
+            scores, target = logits.float(), labels[start : start + chunk]
+            scored = target != -100
+            target = target.clamp(min=0)
+            log_norm = scores.logsumexp(-1)
+            total += ((log_norm - scores.gather(1, target[:, None]).squeeze(1)) * scored).sum()
+            probs = scores.sub_(log_norm[:, None]).exp_()
+            probs[torch.arange(len(target), device=probs.device), target] -= 1
+            grad_logits[start : start + chunk] = probs.masked_fill_(~scored[:, None], 0)
+        grad_hidden = grad_weight = None
+        if grad_logits is not None and ctx.needs_input_grad[0]:
+            grad_hidden = (grad_logits @ weight).to(hidden.dtype)
+        if grad_logits is not None and ctx.needs_input_grad[1]:
+            grad_weight = (grad_logits.T @ hidden).to(weight.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (None if grad_hidden is None else grad_hidden * grad_total,
+                None if grad_weight is None else grad_weight * grad_total, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """F.cross_entropy(hidden @ weight.T, labels, ignore_index=-100, reduction="sum") without whole logits
+    (`LinearCrossEntropy`); hidden [N, H], weight [V, H], labels [N]."""
+    return LinearCrossEntropy.apply(hidden, weight, labels)
+
+
 def encode_prompts(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:
     """Left-padded prompts for batched generation."""
     side = tokenizer.padding_side

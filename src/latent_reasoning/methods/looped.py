@@ -336,8 +336,14 @@ class DepthLoop(ExtraModules, NoCoT):
         readout at each row's question end p (the position that predicts the target's first token; step_readout=answer:
         the one that predicts the answer's value) and records
         its summed cross-entropy against the first token of gold step t, t <= min(T - 1, its steps)."""
+        labels = batch.labels.to(self.device)
+        scored = labels[:, 1:] != -100
+        first = int(scored.any(0).int().argmax())
+        ids, mask, keep = batch.input_ids.to(self.device), batch.attention_mask.to(self.device), labels.shape[1] - first
         if self.config.step_weight <= 0:
-            return super().summed_cross_entropy(batch, examples)
+            logits = self.run(ids, mask, self.step_loops, keep=keep).logits
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
+                                   ignore_index=-100, reduction="sum")
         T = self.step_loops
         targets = torch.full((T, len(examples)), -100, dtype=torch.long)
         for b, example in enumerate(examples):
@@ -347,13 +353,9 @@ class DepthLoop(ExtraModules, NoCoT):
                 continue
             for t, step_text in enumerate(example.steps[: T - 1]):
                 targets[t, b] = self.first_token(step_text)
-        labels = batch.labels.to(self.device)
-        scored = labels[:, 1:] != -100
-        first = int(scored.any(0).int().argmax())
         readouts: list[torch.Tensor] = []
         at = scored.int().argmax(1) + self.readout_offset
-        logits = self.run(batch.input_ids.to(self.device), batch.attention_mask.to(self.device), T,
-                          keep=labels.shape[1] - first, readouts=readouts, readout_at=at).logits
+        logits = self.run(ids, mask, T, keep=keep, readouts=readouts, readout_at=at).logits
         self.step_terms.append((F.cross_entropy(torch.stack(readouts).flatten(0, 1).float(),
                                                 targets.flatten().to(self.device), ignore_index=-100, reduction="sum"),
                                 int((targets != -100).sum())))
@@ -373,9 +375,6 @@ class DepthLoop(ExtraModules, NoCoT):
             ids = self.tokenizer(f"{ANSWER_MARKER} {text}", add_special_tokens=False)["input_ids"]
             self._first_tokens[key] = ids[self.readout_offset]
         return self._first_tokens[key]
-
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
-        return self.run(input_ids, attention_mask, self.step_loops, keep=keep).logits
 
     # -- answering ---------------------------------------------------------------------------------
     def eval_loops(self) -> int:

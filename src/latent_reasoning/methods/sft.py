@@ -26,9 +26,11 @@ from .base import (
     encode_prompts,
     generated_lengths,
     length_buckets,
+    linear_cross_entropy,
     majority_vote,
     pad_pairs,
     pair_ids,
+    plain_head,
     prompt_text,
 )
 
@@ -66,18 +68,19 @@ class SFTMethod(Method):
 
     def summed_cross_entropy(self, batch: Batch, examples: list[Example]) -> torch.Tensor:
         """Summed over the target tokens; logits only from the first position that predicts one (the prompt
-        before it is read, but its logits, which no label scores, are never computed). `examples` are the
-        batch's rows, for a method that also scores something else in the same pass (slr's step_weight)."""
+        before it is read, but its logits, which no label scores, are never computed), and through
+        `linear_cross_entropy` where the model's head allows it. `examples` are the batch's rows, for a method
+        that also scores something else in the same pass (slr's step_weight)."""
         labels = batch.labels.to(self.device)
         first = int((labels[:, 1:] != -100).any(0).int().argmax())
-        logits = self.logits(batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
-                             keep=labels.shape[1] - first)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
-                               ignore_index=-100, reduction="sum")
-
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
-        """The next-token logits [B, keep, V] of the last `keep` positions (slr's depth loop computes them its own way)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+        ids, mask, keep = batch.input_ids.to(self.device), batch.attention_mask.to(self.device), labels.shape[1] - first
+        targets = labels[:, first + 1 :].flatten()
+        head = plain_head(self.model)
+        if head is None:
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, ignore_index=-100, reduction="sum")
+        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, -keep:-1]
+        return linear_cross_entropy(hidden.flatten(0, 1), head.weight, targets)
 
     @torch.no_grad()
     def answer(self, examples: list[Example]) -> list[Prediction]:
