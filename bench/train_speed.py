@@ -111,7 +111,7 @@ def train_steps(values: dict, train_examples, warmup: int, steps: int, bare_dtyp
     method = build_method(run, texts_of(train_examples))
     precision = resolve_precision(run.train.mixed_precision)
     bare_steps = {dtype: BareStep(method.model, dtype, bare_as_trainer, precision, run.train.attention) for dtype in bare_dtypes}
-    counter = Counter(method.model)
+    counter = Counter(method.model.get_decoder())  # the decoder: the SFT loss runs it without the head
     starts, ends, tokens, positions, squared = [], [], [], [], []
     bare = {dtype: [] for dtype in bare_dtypes}  # (tokens, seconds) per timed step
     real_on_step, real_loss = method.on_step, method.loss
