@@ -62,13 +62,13 @@ def test_linear_cross_entropy_equals_cross_entropy_over_whole_logits(monkeypatch
 
 
 def test_sft_loss_takes_the_same_value_without_the_fused_head(monkeypatch):
-    from latent_reasoning.methods import sft
+    from latent_reasoning.methods import base
 
     examples = tasks.get("prosqa").generate(6, seed=1)
     run = make_run({"method": "cot", "task": "prosqa", "model": "tiny-5m", "log_with": "none"})
     method = build_method(run, texts_of(examples))
-    assert sft.plain_head(method.model) is method.model.get_output_embeddings()  # llama: the fused path runs
+    assert base.plain_head(method.model) is method.model.get_output_embeddings()  # llama: the fused path runs
     fused, _ = method.loss(examples, 0)
-    monkeypatch.setattr(sft, "plain_head", lambda model: None)
+    monkeypatch.setattr(base, "plain_head", lambda model: None)
     unfused, _ = method.loss(examples, 0)
     torch.testing.assert_close(fused, unfused)

@@ -35,14 +35,15 @@ def make(base, **options):
 
 
 def backbone_inputs(method):
-    """Records the inputs_embeds and input ids of every backbone call made with embeddings."""
+    """Records the inputs_embeds of every backbone call made with embeddings (hooked on the decoder, which training's
+    loss calls without the head)."""
     seen = []
 
     def hook(module, args, kwargs):
         if kwargs.get("inputs_embeds") is not None:
             seen.append(kwargs["inputs_embeds"].detach().clone())
 
-    return seen, method.model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen, method.model.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
 
 
 # ---- what trains ---------------------------------------------------------------------------------

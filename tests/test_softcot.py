@@ -81,7 +81,7 @@ def test_thoughts_land_at_the_placeholders_with_n_set_apart_for_training_and_ans
     method = make(base, thoughts=5, eval_thoughts=2, assistant=str(other_assistant))  # the backbone's calls alone
     examples = [EXAMPLES[0], TASK.generate(1, seed=7)[0]]
     seen = []
-    hook = method.model.register_forward_pre_hook(
+    hook = method.model.get_decoder().register_forward_pre_hook(  # the decoder: the loss calls it without the head
         lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].detach().clone())
         if kwargs.get("inputs_embeds") is not None else None, with_kwargs=True)
     try:
@@ -106,9 +106,9 @@ def test_keep_position_gives_the_language_after_the_span_its_plain_cot_positions
     method = make(base, thoughts=5, eval_thoughts=2, max_new_tokens=3, keep_position=keep)
     examples = [EXAMPLES[0], TASK.generate(1, seed=7)[0]]  # questions of different lengths: rows padded
     seen = []
-    hook = method.model.register_forward_pre_hook(
+    hook = method.model.get_decoder().register_forward_pre_hook(  # the backbone's passes (not its assistant's)
         lambda module, args, kwargs: seen.append((kwargs["position_ids"].clone(), kwargs["attention_mask"].clone()))
-        if "position_ids" in kwargs else None, with_kwargs=True)  # the backbone's passes (not its assistant's)
+        if kwargs.get("position_ids") is not None else None, with_kwargs=True)
     try:
         method.loss(examples, 0)
         method.answer(examples)

@@ -317,6 +317,22 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     return LinearCrossEntropy.apply(hidden, weight, labels)
 
 
+def next_token_cross_entropy(model, labels: torch.Tensor, **inputs) -> torch.Tensor:
+    """sum_t -log p(labels[:, t+1] | inputs up to t) over the labels that are not -100: the model's final hidden
+    states at just the positions that predict one, through `linear_cross_entropy` where the head allows it;
+    otherwise the logits from the first such position on (the prompt before it is read, its logits never formed)."""
+    targets = labels[:, 1:]
+    scored = targets != -100
+    head = plain_head(model)
+    if head is None:
+        first = int(scored.any(0).int().argmax())
+        logits = model(**inputs, logits_to_keep=labels.shape[1] - first).logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets[:, first:].flatten(),
+                                                 ignore_index=-100, reduction="sum")
+    hidden = model.get_decoder()(**inputs).last_hidden_state[:, :-1]
+    return linear_cross_entropy(hidden[scored], head.weight, targets[scored])
+
+
 def encode_prompts(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:
     """Left-padded prompts for batched generation."""
     side = tokenizer.padding_side

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..config import choices
 from ..tasks import Example
@@ -26,11 +25,10 @@ from .base import (
     encode_prompts,
     generated_lengths,
     length_buckets,
-    linear_cross_entropy,
     majority_vote,
+    next_token_cross_entropy,
     pad_pairs,
     pair_ids,
-    plain_head,
     prompt_text,
 )
 
@@ -67,20 +65,11 @@ class SFTMethod(Method):
         return total / max(scored, 1), {"tokens": float(sum(len(ids) for ids, _ in pairs))}
 
     def summed_cross_entropy(self, batch: Batch, examples: list[Example]) -> torch.Tensor:
-        """Summed over the target tokens; logits only from the first position that predicts one (the prompt
-        before it is read, but its logits, which no label scores, are never computed), and through
-        `linear_cross_entropy` where the model's head allows it. `examples` are the batch's rows, for a method
+        """Summed over the target tokens (`next_token_cross_entropy`). `examples` are the batch's rows, for a method
         that also scores something else in the same pass (slr's step_weight)."""
-        labels = batch.labels.to(self.device)
-        first = int((labels[:, 1:] != -100).any(0).int().argmax())
-        ids, mask, keep = batch.input_ids.to(self.device), batch.attention_mask.to(self.device), labels.shape[1] - first
-        targets = labels[:, first + 1 :].flatten()
-        head = plain_head(self.model)
-        if head is None:
-            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, ignore_index=-100, reduction="sum")
-        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, -keep:-1]
-        return linear_cross_entropy(hidden.flatten(0, 1), head.weight, targets)
+        return next_token_cross_entropy(self.model, batch.labels.to(self.device),
+                                        input_ids=batch.input_ids.to(self.device),
+                                        attention_mask=batch.attention_mask.to(self.device))
 
     @torch.no_grad()
     def answer(self, examples: list[Example]) -> list[Prediction]:

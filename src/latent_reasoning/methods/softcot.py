@@ -62,7 +62,8 @@ from ..backbones import thought_token_ids
 from ..config import ConfigError
 from ..latent import LoopResult, decode, splice, thought_loop
 from ..tasks import Example
-from .base import ExtraModules, Method, MethodConfig, Prediction, chain_text, majority_vote, pad_pairs, prompt_text
+from .base import (ExtraModules, Method, MethodConfig, Prediction, chain_text, majority_vote, next_token_cross_entropy,
+                   pad_pairs, prompt_text)
 
 CONTRAST_SCALE = 20.0  # SoftCoT++: the InfoNCE logits are cosine similarities times this
 CONTRAST_DROPOUT = 0.5  # SoftCoT++: dropout of the second view of each chain
@@ -169,10 +170,9 @@ class SoftThoughtMethod(ExtraModules, Method):
         if self.config.keep_position:  # right-padded: every row's span ends at its first label
             after_span = (labels != -100).long().cummax(dim=1).values
             positions = positions - after_span * (n + 2)
-        logits = self.model(inputs_embeds=self.embed(ids, mask, vectors.flatten(0, 1)), attention_mask=mask,
-                            position_ids=positions).logits
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return ce, float(mask.sum())
+        summed = next_token_cross_entropy(self.model, labels, inputs_embeds=self.embed(ids, mask, vectors.flatten(0, 1)),
+                                          attention_mask=mask, position_ids=positions)
+        return summed / (labels[:, 1:] != -100).sum().clamp(min=1), float(mask.sum())
 
     # -- answering -----------------------------------------------------------------------------------
     def answer_thoughts(self) -> int:
