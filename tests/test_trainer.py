@@ -278,9 +278,11 @@ def test_compiled_training_steps_give_the_eager_losses_and_evaluation_runs(tmp_p
     for compiled in (False, True):
         run = tiny_run(model="tiny-1m", steps=3, warmup_steps=0, save_every=0, eval_size=4, compile=compiled)
         method = build_method(run, texts_of(examples))
+        torch._dynamo.utils.counters.clear()
         histories[compiled] = Trainer(method, examples, run.train, tmp_path / str(compiled), run={},
                                       evaluate=evaluate).fit(examples[-4:])
-        assert (method.model._compiled_call_impl is not None) == compiled
+        assert (method.model.get_decoder()._compiled_call_impl is not None) == compiled
+        assert (torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0) == compiled  # the steps ran compiled
     losses = {compiled: [record["loss"] for record in history] for compiled, history in histories.items()}
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     for key in ("eval_accuracy", "eval_forward_passes"):

@@ -213,8 +213,8 @@ class Trainer:
         self.eval_examples = eval_examples or []
         method.model.to(accelerator.device)
         method.model.set_attn_implementation(resolve_attention(config.attention, accelerator.device))
-        if config.compile:
-            method.model.compile()
+        if config.compile:  # the decoder: losses that read hidden states (next_token_cross_entropy) call it alone
+            method.model.get_decoder().compile()
         share_cpu(accelerator)
         set_seed(config.seed)
         optimizer = self._optimizer()
