@@ -342,8 +342,15 @@ class DepthLoop(ExtraModules, NoCoT):
         ids, mask, keep = batch.input_ids.to(self.device), batch.attention_mask.to(self.device), labels.shape[1] - first
         if self.config.step_weight <= 0:
             logits = self.run(ids, mask, self.step_loops, keep=keep).logits
-            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
-                                   ignore_index=-100, reduction="sum")
+        else:
+            logits = self.logits_and_step_terms(examples, ids, mask, keep, readout_at=scored.int().argmax(1))
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
+                               ignore_index=-100, reduction="sum")
+
+    def logits_and_step_terms(self, examples: list[Example], ids: torch.Tensor, mask: torch.Tensor, keep: int,
+                              readout_at: torch.Tensor) -> torch.Tensor:
+        """The pass's logits of the last `keep` positions; iteration t's readout at each row's `readout_at` (its
+        question end) scored against gold step t's first token, into `step_terms`."""
         T = self.step_loops
         targets = torch.full((T, len(examples)), -100, dtype=torch.long)
         for b, example in enumerate(examples):
@@ -354,13 +361,12 @@ class DepthLoop(ExtraModules, NoCoT):
             for t, step_text in enumerate(example.steps[: T - 1]):
                 targets[t, b] = self.first_token(step_text)
         readouts: list[torch.Tensor] = []
-        at = scored.int().argmax(1) + self.readout_offset
+        at = readout_at + self.readout_offset
         logits = self.run(ids, mask, T, keep=keep, readouts=readouts, readout_at=at).logits
         self.step_terms.append((F.cross_entropy(torch.stack(readouts).flatten(0, 1).float(),
                                                 targets.flatten().to(self.device), ignore_index=-100, reduction="sum"),
                                 int((targets != -100).sum())))
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first + 1 :].flatten(),
-                               ignore_index=-100, reduction="sum")
+        return logits
 
     def first_token(self, text: str) -> int:
         """The first token id of `text`, tokenized once: training meets every example's steps again each epoch."""
