@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import DynamicLayer
 
 from latent_reasoning.latent import (
+    GrowingLayer,
     decode,
     forward_with_thoughts,
     gumbel_softmax_embedding,
@@ -273,6 +275,35 @@ def test_sampled_decode_is_reproducible_with_a_seeded_generator(model):
             runs.append(decode(model, state, torch.tensor([3, 3, 3]), 8, -1, temperature=1.0, generator=generator).ids)
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
+
+
+def test_growing_layer_equals_dynamic_layer_and_writes_in_place():
+    """Step for step the same keys and values as transformers' DynamicLayer, through row selection and cropping;
+    without gradients a step adds its position to the buffer it has (a new one only when full), with them it
+    concatenates and gradients reach the new states."""
+    torch.manual_seed(0)
+    growing, dynamic = GrowingLayer(), DynamicLayer()
+    buffers = []
+    with torch.no_grad():
+        for step, width in enumerate([5, 1, 1, 1, 1, 1, 1, 1]):
+            rows = 3 if step <= 5 else 2
+            keys, values = torch.randn(rows, 2, width, 4), torch.randn(rows, 2, width, 4)
+            got, want = growing.update(keys, values), dynamic.update(keys, values)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            buffers.append(growing.room[0].data_ptr())
+            if step == 5:
+                for layer in (growing, dynamic):
+                    layer.batch_select_indices(torch.tensor([0, 2]))
+                    layer.crop(-2)
+    # room for 10 after the 5-position prefill: the next five steps write into it; selecting rows makes a new buffer
+    assert len(set(buffers[:6])) == 1 and buffers[6] != buffers[5] and buffers[7] == buffers[6]
+    assert growing.keys.shape == (2, 2, 10, 4)  # 10 positions, 2 cropped, 2 more
+
+    keys = torch.randn(2, 2, 1, 4, requires_grad=True)
+    got = growing.update(keys, torch.randn(2, 2, 1, 4))[0]
+    assert torch.equal(got[:, :, :-1], dynamic.keys) and torch.equal(got[:, :, -1:], keys)
+    got.sum().backward()
+    assert torch.equal(keys.grad, torch.ones_like(keys))
 
 
 # ---- splice --------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from transformers import Cache, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 Feedback = Callable[[torch.Tensor, int], torch.Tensor]
 """feedback(hidden [B, H], t) -> the input embedding of thought t [B, H]."""
@@ -97,6 +98,55 @@ class LoopResult:
         return self.attention_mask.sum(-1)
 
 
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer that writes new keys and values into spare room at the end of a buffer (twice the length
+    it needs when it has to grow) instead of concatenating: a decoding step copies its own position, not the
+    whole cache, so its cost no longer grows with the cache (bench/results/decode-cache-speed.txt). Its keys and
+    values are views of the buffer. Where gradients flow (training through the thought loop) it concatenates, as
+    DynamicLayer does: an in-place write would change tensors autograd saved."""
+
+    room: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad or self.keys.requires_grad):
+            self.room = None
+            return super().update(key_states, value_states)
+        used, total = self.get_seq_length(), self.get_seq_length() + key_states.shape[-2]
+        if not self._fits(key_states, total):  # no buffer yet, or keys replaced (batch_select_indices, ...)
+            self.room = (self._moved(self.keys, key_states, used), self._moved(self.values, value_states, used))
+        keys, values = self.room
+        keys[:, :, used:total] = key_states
+        values[:, :, used:total] = value_states
+        self.keys, self.values = keys[:, :, :total], values[:, :, :total]
+        return self.keys, self.values
+
+    def _fits(self, key_states: torch.Tensor, total: int) -> bool:
+        """Whether self.keys is still the start of the buffer, which has room for `total` positions."""
+        if self.room is None:
+            return False
+        room = self.room[0]
+        return (self.keys.data_ptr() == room.data_ptr() and self.keys.stride() == room.stride()
+                and self.keys.shape[:2] == key_states.shape[:2] and room.dtype == key_states.dtype
+                and room.shape[-2] >= total)
+
+    @staticmethod
+    def _moved(cached: torch.Tensor, new: torch.Tensor, used: int) -> torch.Tensor:
+        batch, heads, length, dim = new.shape
+        room = new.new_empty(batch, heads, 2 * (used + length), dim)
+        if used:
+            room[:, :, :used] = cached
+        return room
+
+
+def growing_cache(model) -> DynamicCache:
+    """The model's DynamicCache with each plain full-attention layer a GrowingLayer (others, e.g. sliding windows, kept)."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
 def _inputs(x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Token ids [B, n] -> input_ids; embeddings [B, n, H] -> inputs_embeds."""
     return {"input_ids": x} if x.dim() == 2 else {"inputs_embeds": x}
@@ -155,7 +205,7 @@ def thought_loop(
         raise ValueError("gradient checkpointing disables the KV cache the thought loop runs on; turn it off")
     batch = prompt.shape[0]
     n_thoughts = torch.as_tensor(n_thoughts, device=prompt_mask.device).long().expand(batch)
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model)
     mask = prompt_mask.long()
     out = _forward(model, prompt, mask, cache, hidden=True)
     hidden = out.hidden_states[-1][:, -1]

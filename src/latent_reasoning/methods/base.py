@@ -19,7 +19,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..config import Config, choices
-from ..latent import soft_token
+from ..latent import growing_cache, soft_token
 from ..tasks import Example, Task
 from ..tasks.answers import extract_final
 
@@ -582,7 +582,7 @@ def sample(
     eos = torch.tensor(eos_ids(tokenizer, model), device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
     mask = prompt_mask.long()
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model)
     ids = prompt_ids if share_prompt else prompt_ids.repeat_interleave(k, 0)
     first_mask = mask if share_prompt else mask.repeat_interleave(k, 0)
     positions = (first_mask.cumsum(-1) - 1).clamp(min=0)
