@@ -113,7 +113,8 @@ class GrowingLayer(DynamicLayer):
         if torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad or self.keys.requires_grad):
             self.room = None
             return super().update(key_states, value_states)
-        used, total = self.get_seq_length(), self.get_seq_length() + key_states.shape[-2]
+        used = self.get_seq_length()
+        total = used + key_states.shape[-2]
         if not self._fits(key_states, total):  # no buffer yet, or keys replaced (batch_select_indices, ...)
             self.room = (self._moved(self.keys, key_states, used), self._moved(self.values, value_states, used))
         keys, values = self.room
