@@ -67,7 +67,7 @@ def test_resume_refuses_other_keys_naming_them_and_continues_with_its_own(run, c
     # with no keys at all it reads them from config.yaml; steps=4 is a different run, so it is named too
     assert run_main(["train", "--out", str(run), "--resume", "steps=4"]) == 2
     assert "steps=2 -> 4" in capsys.readouterr().err
-    assert run_main(["train", "--out", str(run), "--resume", "save_every=1"]) == 0
+    assert run_main(["train", "--out", str(run), "--resume", "save_every=1", "compile=true"]) == 0
 
 
 def test_eval_and_inspect_take_the_run_folder_and_record_the_eval_seed(run, tmp_path, capsys):

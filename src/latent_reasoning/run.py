@@ -30,8 +30,9 @@ from .trainer import TrainConfig, Trainer, set_seed
 RUN_KEYS = ("method", "task", "model", "task_options")
 PATH_KEYS = ("train_data", "eval_data", "init_from")  # relative paths in a recipe mean the recipe's folder
 RUN_FILES = ("checkpoint", "checkpoint.old", "checkpoint.tmp", "train")  # what `train` writes into --out
-# Keys a resumed run may change: they decide when to score and save, not what is trained.
-RESUMABLE_KEYS = ("eval_every", "eval_batch_size", "save_every", "log_with")
+# Keys a resumed run may change: they decide when to score and save and how steps run (compiled or not), not
+# what is trained.
+RESUMABLE_KEYS = ("eval_every", "eval_batch_size", "save_every", "log_with", "compile")
 
 
 @dataclass
