@@ -15,8 +15,9 @@ speed() {  # speed <command label> <trainer label> <src> <args...>: run latent t
     rm -rf "$work/run"
     echo "{\"round\": $round, \"command\": \"$label\", \"trainer\": \"$name\", \"tok_s\": $(grep -o 'tok_s=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)}"
 }
-trainers=("$work/src|$BEFORE|" "$(pwd)/src|$(git rev-parse --short HEAD)+|")
-[ -n "$AFTER_KEYS" ] && trainers+=("$(pwd)/src|$(git rev-parse --short HEAD)+ $AFTER_KEYS|$AFTER_KEYS")
+here=$(git rev-parse --short HEAD)+
+trainers=("$work/src|$BEFORE|" "$(pwd)/src|$here|")
+[ -n "$AFTER_KEYS" ] && trainers+=("$(pwd)/src|$here $AFTER_KEYS|$AFTER_KEYS")
 for round in $(seq "$ROUNDS"); do
     for trainer in "${trainers[@]}"; do
         IFS='|' read -r src name keys <<<"$trainer"
