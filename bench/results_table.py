@@ -32,9 +32,10 @@ RESULTS = [
      "names": {"icot": "icot from that cot (a token removed every 112 steps, kept positions)",
                "coconut": "coconut from that cot, kept positions, markers=false, step_weight"}},
     {"file": "bench/results/multiplication-4x4-icot.jsonl", "task": "4x4 multiplication (valid, 1000)",
-     "methods": ["icot"],
-     "names": {"icot": "icot from a 100% cot, a token removed every 600 steps, kept positions, then 6,000 steps "
-                       "answer only (configs/icot-multiplication-4x4.yaml)"}},
+     "methods": ["icot-38000", "icot"],
+     "names": {"icot-38000": "icot from a 100% cot, a token removed every 600 steps, kept positions, then 6,000 steps "
+                             "answer only",
+               "icot": "the same + 6,000 answer-only steps, lr decaying (configs/icot-multiplication-4x4*.yaml)"}},
     {"file": "bench/results/prosqa-pairs-long.jsonl", "task": "ProsQA, facts as pairs (valid, 300; earlier grader)",
      "methods": ["no-cot-2000", "cot-2000", "coconut", "slr"],
      "names": {"no-cot-2000": "no-cot", "cot-2000": "cot"}},
