@@ -61,6 +61,34 @@ def test_train_then_eval_with_a_sweep(tmp_path, capsys):
     assert "--task" in capsys.readouterr().err
 
 
+def test_sigterm_saves_the_steps_done_and_resume_finishes(tmp_path, capsys, monkeypatch):
+    """A `kill` (SIGTERM) stops training as Ctrl-C does: the steps done since the last save are kept."""
+    import os
+    import signal
+
+    from latent_reasoning.methods.sft import CoT
+
+    def terminated_in_step_six(self, step):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+    run = tmp_path / "run"
+    arguments = ["train", "--method", "cot", "--task", "multiplication", "--model", "tiny-5m", "--out", str(run),
+                 "task.digits=2", "steps=8", "batch_size=4", "train_size=50", "save_every=4", "eval_size=0",
+                 "log_with=none"]
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patched:
+        patched.setattr(CoT, "on_step", terminated_in_step_six)
+        assert main(arguments) == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is handler
+    assert "terminated; checkpoint:" in capsys.readouterr().err
+    state = json.loads((run / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 5  # the steps done, not 4 (the last periodic save)
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"] == 8
+
+
 def test_layers_trains_a_deeper_preset_and_its_checkpoint_keeps_the_depth(tmp_path):
     from latent_reasoning.run import load_saved
 

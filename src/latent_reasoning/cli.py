@@ -7,8 +7,10 @@ each command imports what it needs (torch, transformers) when it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -205,6 +207,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: stopped as Ctrl-C stops training, keeping the steps done since the last checkpoint."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Within `with`, SIGTERM (a scheduler's or `kill`'s stop; a job started in the background by a shell ignores
+    Ctrl-C's SIGINT) raises Terminated, so the trainer saves before the process ends."""
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_train(args) -> int:
     from . import checkpoint
     from .run import make_run, parse_overrides, read_recipe, resume_values, train
@@ -219,14 +240,15 @@ def cmd_train(args) -> int:
         values = resume_values(args.out, values)
     run = make_run(values)
     try:
-        method, history = train(run, args.out, resume=args.resume, overwrite=args.overwrite, skip_bad=args.skip_bad)
-    except KeyboardInterrupt:
+        with terminate_as_interrupt():
+            method, history = train(run, args.out, resume=args.resume, overwrite=args.overwrite, skip_bad=args.skip_bad)
+    except KeyboardInterrupt as stop:
         if args.debug:
             raise
         saved = checkpoint.find(Path(args.out) / "checkpoint")
-        print(f"latent train: interrupted; {f'checkpoint: {saved} (--resume continues)' if saved else 'no checkpoint'}",
-              file=sys.stderr)
-        return 130
+        print(f"latent train: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}; "
+              f"{f'checkpoint: {saved} (--resume continues)' if saved else 'no checkpoint'}", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
     final = history[-1] if history else {}
     print(json.dumps({k: v for k, v in final.items()}, indent=1))
     print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
