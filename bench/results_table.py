@@ -36,6 +36,9 @@ RESULTS = [
      "names": {"icot-38000": "icot from a 100% cot, a token removed every 600 steps, kept positions, then 6,000 steps "
                              "answer only",
                "icot": "the same + 6,000 answer-only steps, lr decaying (configs/icot-multiplication-4x4*.yaml)"}},
+    {"file": "bench/results/multiplication-4x4-coconut.jsonl", "task": "4x4 multiplication (valid, 1000)",
+     "names": {"coconut": "coconut from a 100% cot (the icot runs' backbones), kept positions, markers=false, step_weight",
+               "slr": "slr, the same"}},
     {"file": "bench/results/prosqa-pairs-long.jsonl", "task": "ProsQA, facts as pairs (valid, 300; earlier grader)",
      "methods": ["no-cot-2000", "cot-2000", "coconut", "slr"],
      "names": {"no-cot-2000": "no-cot", "cot-2000": "cot"}},
