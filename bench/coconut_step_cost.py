@@ -10,6 +10,8 @@ microseconds per position; the plain row adds the last stage's microseconds per 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import statistics
 import time
@@ -30,6 +32,22 @@ def timed(step, steps: int) -> dict:
             "us_per_position": round(1e6 * (forward + backward) / positions, 1)}
 
 
+def passes(loss_of, parameters, optimizer, precision: str) -> tuple[float, float]:
+    """Seconds of the forward pass `loss_of()` and of its backward pass, under the trainer's precision (bf16 autocast,
+    with the weights in bf16 during the passes for bf16-weights); then an untimed AdamW step."""
+    weights = Bf16Weights(parameters, []) if precision == "bf16-weights" else contextlib.nullcontext()
+    with weights:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision in ("bf16", "bf16-weights")):
+            loss = loss_of()
+        middle = time.perf_counter()
+        loss.backward()
+        ended = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return middle - started, ended - middle
+
+
 def coconut_row(examples, stage: int, steps: int, precision: str) -> tuple[dict, torch.nn.Module]:
     run = make_run({"method": "coconut", "task": "prosqa", "model": "tiny-5m", "batch_size": 16, "c": 1, "stages": 6,
                     "first_stage": stage, "steps_per_stage": 1000, "mixed_precision": precision, "log_with": "none"})
@@ -38,45 +56,25 @@ def coconut_row(examples, stage: int, steps: int, precision: str) -> tuple[dict,
     model.set_attn_implementation("eager")
     counter = Counter(model)
     optimizer = adamw(method.trainable_parameters(), lr=1e-5, weight_decay=0.0)
-    bf16 = resolve_precision(precision) == "bf16-weights"
-    batches = iter(range(10**6))
+    batches = itertools.count()
 
     def step():
         first = next(batches) * 16 % (len(examples) - 16)
         before = counter.positions
-        weights = Bf16Weights(method.trainable_parameters(), []) if bf16 else torch.autocast("cpu", enabled=False)
-        with weights:
-            started = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_precision(precision) != "no"):
-                loss, _ = method.loss(examples[first : first + 16], 0)
-            middle = time.perf_counter()
-            loss.backward()
-            ended = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return middle - started, ended - middle, counter.positions - before
+        seconds = passes(lambda: method.loss(examples[first : first + 16], 0)[0], method.trainable_parameters(),
+                         optimizer, resolve_precision(precision))
+        return *seconds, counter.positions - before
 
     return {"row": "coconut", "stage": stage, **timed(step, steps)}, model
 
 
 def plain_row(model, positions_per_row: int, steps: int, precision: str) -> dict:
     bare = BareStep(model, torch.float32, True, resolve_precision(precision), "eager")
-    bf16 = bare.precision in ("bf16", "bf16-weights")
     ids = torch.randint(0, model.config.vocab_size, (16, positions_per_row))
 
     def step():
-        weights = Bf16Weights(list(bare.model.parameters()), []) if bare.precision == "bf16-weights" \
-            else torch.autocast("cpu", enabled=False)
-        with weights:
-            started = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = bare.model(input_ids=ids, labels=ids).loss
-            middle = time.perf_counter()
-            loss.backward()
-            ended = time.perf_counter()
-        bare.optimizer.step()
-        bare.optimizer.zero_grad(set_to_none=True)
-        return middle - started, ended - middle, ids.numel()
+        loss_of = lambda: bare.model(input_ids=ids, labels=ids).loss  # noqa: E731
+        return *passes(loss_of, list(bare.model.parameters()), bare.optimizer, bare.precision), ids.numel()
 
     return {"row": "plain", "positions_per_row": positions_per_row, **timed(step, steps)}
 
