@@ -271,6 +271,27 @@ def test_eager_attention_gives_sdpas_loss_and_gradients_and_the_trainer_uses_it_
     assert method.model.config._attn_implementation == "eager"
 
 
+def test_compiled_training_on_two_threads_repeats_to_the_bit(tmp_path, examples):
+    """compile=true on a CPU: two runs of one seed end with the same weights to the bit, though inductor's kernels
+    would sum the embedding's gradient with atomic adds across the threads; and torch's deterministic mode, set for
+    the steps, is off again afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the race needs two threads (the suite runs on one)
+    try:
+        weights = []
+        for attempt in range(2):
+            run = tiny_run(model="tiny-1m", steps=6, warmup_steps=0, save_every=0, eval_size=0, compile=True)
+            method = build_method(run, texts_of(examples))
+            Trainer(method, examples, run.train, tmp_path / str(attempt), run={}).fit()
+            weights.append([p.detach().clone() for p in method.model.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert len(weights[0]) == len(weights[1]) > 0
+    for first, second in zip(*weights):
+        assert torch.equal(first, second)
+
+
 def test_compiled_training_steps_give_the_eager_losses_and_evaluation_runs(tmp_path, examples):
     """compile=true: the same losses as eager training (up to float rounding), and the evaluation inside training
     (which runs the model uncompiled) scores as eager training's does."""

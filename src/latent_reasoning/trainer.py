@@ -162,6 +162,26 @@ def share_cpu(accelerator: Accelerator) -> None:
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def ordered_sums(enabled: bool):
+    """Within `with`, torch's deterministic mode. Compiled CPU kernels sum some gradients (the embedding's) with
+    atomic adds across threads, so two compiled runs of one seed part after a few dozen steps; in this mode inductor
+    sums them in order instead, at no measured cost (bench/results/train_speed-amx.txt, section 10). Eager CPU
+    training is reproducible to the bit without it."""
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # the mode would otherwise NaN-fill every new tensor
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -232,7 +252,8 @@ class Trainer:
                         disable=not accelerator.is_main_process, desc=f"train {method.name}", dynamic_ncols=True)
         self._saved_step = start
         try:
-            self._steps(progress, optimizer, scheduler)
+            with ordered_sums(config.compile and accelerator.device.type == "cpu"):
+                self._steps(progress, optimizer, scheduler)
         except KeyboardInterrupt:  # Ctrl-C: keep the steps done since the last save
             if self.history and self.history[-1]["step"] > self._saved_step:
                 self.save(self.history[-1]["step"], optimizer, scheduler)
