@@ -116,15 +116,23 @@ def test_tiny_icot_run_loss_falls_while_tokens_are_removed(base, tmp_path):
     assert method.step_tokens.expected(None) == 6  # every parity-6 chain is 6 tokens
 
 
-def test_an_icot_checkpoints_counts_load_back(base):
-    trained = make(base, keep_position=True)
-    trained.loss(EXAMPLES[:8], step=0)  # records the 8 chains
+def test_an_icot_checkpoints_counts_and_removal_load_back(base):
+    """A checkpoint saved mid-course answers where its schedule stood (2 of the 6 chain tokens removed), not as if
+    the whole chain were gone; one without the removal count (saved before it was kept) answers after the chain."""
+    trained = make(base, keep_position=True, tokens_per_removal=2, steps_per_removal=10)
+    trained.on_step(12)
+    trained.loss(EXAMPLES[:8], step=12)  # records the 8 chains
     state = trained.extra_state()
-    assert set(state) == {"count", "by_step"} and state["count"][0] == 8
+    assert set(state) == {"count", "by_step", "removed"} and state["count"][0] == 8 and int(state["removed"]) == 2
     loaded = make(base, keep_position=True)
     loaded.load_extra_state(state)
     assert loaded.step_tokens.count.tolist() == state["count"].tolist()
     assert loaded.step_tokens.expected(None) == 6
+    assert loaded.answer_offset() == trained.answer_offset() == 2
+    assert [p.text for p in loaded.answer(EXAMPLES[:4])] == [p.text for p in trained.answer(EXAMPLES[:4])]
+    older = make(base, keep_position=True)
+    older.load_extra_state({key: value for key, value in state.items() if key != "removed"})
+    assert older.answer_offset() == 6
 
 
 def test_config_rejects_bad_values():
