@@ -472,6 +472,18 @@ def test_a_tiny_coconut_run_learns_within_every_stage(tmp_path):
     assert losses[-1] < losses[0] / 2
 
 
+def test_a_coconut_checkpoint_saved_mid_course_answers_at_its_stage(tmp_path):
+    """6 steps of 4 a stage end at stage 1 of 2: the loaded checkpoint thinks 1 thought, as the run did at
+    its end, not the 2 of the last stage."""
+    run = tiny_run("coconut", stages=2, steps_per_stage=4, steps=6, save_every=6)
+    trained = build_method(run, texts_of(TWO))
+    Trainer(trained, TWO[:8], run.train, tmp_path, run.describe("test")).fit()
+    loaded = load_method(tmp_path / "checkpoint")
+    assert loaded.eval_thoughts() == trained.eval_thoughts() == 1
+    before, after = trained.answer(TWO[20:24]), loaded.answer(TWO[20:24])
+    assert [(p.text, p.forward_passes) for p in after] == [(p.text, p.forward_passes) for p in before]
+
+
 def test_slr_checkpoint_round_trip_keeps_its_extras_and_answers(tmp_path, base):
     run = tiny_run("slr", steps=3, steps_per_stage=1, halting="learned", save_every=3)
     method = build_method(run, texts_of(TWO))

@@ -94,6 +94,12 @@ def read_extras(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(path) if path.exists() else {}
 
 
+def trained_steps(folder: Path) -> int:
+    """How many optimizer steps the checkpoint's run had taken when it was saved (0 if unrecorded)."""
+    path = Path(folder) / "trainer_state.json"
+    return json.loads(path.read_text())["step"] if path.exists() else 0
+
+
 def read_trainer_state(folder: Path, optimizer=None) -> dict[str, Any]:
     """Restore optimizer and RNG states from `folder`; return trainer_state.json."""
     folder = Path(folder)

@@ -240,6 +240,10 @@ def build_method(run: Run, train_texts: list[str] | None = None, weights: str | 
         extras = checkpoint.read_extras(saved)
         # a new run from init_from counts its own training data (the step means place latent answers)
         method.load_extra_state(StepTokens.cleared(extras) if weights is None else extras)
+    if weights is not None and (steps := checkpoint.trained_steps(weights)):
+        # a curriculum (coconut's stage, icot's removal count) stands where its last step left it, so that a
+        # checkpoint saved mid-course answers as the run did at that point, not as at the end of the course
+        method.on_step(steps - 1)
     return method
 
 

@@ -42,8 +42,8 @@ K c at the last stage, even if it has fewer than k steps (all its steps are then
 extra thoughts are padding); `pad_thoughts=true` (the default) does the same. `pad_thoughts=false`
 caps at the example's step count at every stage: min(k, m) c thoughts (min(K, m) c at the last);
 COCONUT's `pad_latent_to_max: False` caps only at the last stage. At answer time every example
-gets n = c K thoughts (or `eval_thoughts`; held-out scores taken during training use the current
-stage's c min(k, K), as COCONUT's do). COCONUT without padding would use min(K, m) c at test time,
+gets n = c K thoughts (or `eval_thoughts`; held-out scores taken during training, and a checkpoint
+saved mid-course, use the stage's c min(k, K), as COCONUT's do). COCONUT without padding would use min(K, m) c at test time,
 which reads the gold step count, so we never do.
 
 Positions that do not move (for small models trained from scratch, which find what they read by
@@ -536,8 +536,8 @@ class Coconut(ExtraModules, Method):
 
     # -- answering ---------------------------------------------------------------------------------
     def eval_thoughts(self) -> int:
-        """`eval_thoughts` if set; else c K, or, while training (scoring held-out data mid-run), the
-        c min(stage, K) thoughts of the current stage, as COCONUT evaluates during training."""
+        """`eval_thoughts` if set; else c K, or, while training (scoring held-out data mid-run) or loaded
+        from a checkpoint saved at `stage`, the c min(stage, K) thoughts of that stage, as COCONUT evaluates."""
         if self.config.eval_thoughts is not None:
             return self.config.eval_thoughts
         stage = self.config.stages if self.stage is None else min(self.stage, self.config.stages)

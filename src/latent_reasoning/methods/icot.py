@@ -17,9 +17,10 @@ position ids they had in the full sequence: x at 0 .. q-1, z_t at q + t - 1, y a
 whatever is removed, so the layout a CoT model learned never moves.
 
 Answering is greedy decoding from the question. Under `keep_position` the generated tokens are
-placed after the tokens the current schedule removes, min(removed, m) (both saved with each
-checkpoint); m is not known for a new question, so the mean chain length of the training examples
-seen is used: exact on tasks whose chains have a fixed length (parity, multiplication, graph).
+placed after the tokens the current schedule removes, min(removed, m) (a loaded checkpoint's schedule
+stands at the step it was saved). m is not known for a new question, so the mean chain length of the
+training examples seen (saved with each checkpoint) is used: exact on tasks whose chains have a fixed
+length (parity, multiplication, graph).
 
 From iCoT's epochs to our steps: iCoT removes 8 tokens an epoch, one at a time, so
 steps_per_removal = steps_per_epoch / 8 with tokens_per_removal = 1; removing 8 tokens per stage
@@ -82,24 +83,17 @@ class ICoT(Method):
         self.step_tokens = StepTokens()
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        state = dict(self.step_tokens.state_dict())
-        if self.removed is not None:  # so that a checkpoint saved mid-course answers where its schedule stood
-            state["removed"] = torch.tensor(self.removed)
-        return state
+        return dict(self.step_tokens.state_dict())
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        """A checkpoint of this method holds the chain counts and the removal count at its step (older ones
-        hold no count and answer as if the whole chain were removed); a `cot` checkpoint to start from holds
-        nothing."""
-        state = dict(state)
-        removed = state.pop("removed", None)
+        """A checkpoint of this method holds the chain counts; a `cot` checkpoint to start from holds nothing.
+        (Some also hold the removal count at their step, which the step itself now gives: it is dropped.)"""
+        state = {key: value for key, value in state.items() if key != "removed"}
         unexpected = sorted(set(state) - set(self.step_tokens.state_dict()))
         if unexpected:
             raise ValueError(f"method 'icot': unexpected extras in the checkpoint: {unexpected}")
         if state:
             self.step_tokens.load_state_dict(StepTokens.upgraded(state))
-        if removed is not None:
-            self.removed = int(removed)
 
     # -- the schedule -------------------------------------------------------------------------------
     def removed_at(self, step: int) -> int:
@@ -161,12 +155,12 @@ class ICoT(Method):
 
     # -- answering --------------------------------------------------------------------------------
     def answer_offset(self) -> int:
-        """Positions the answer skips under keep_position: the chain tokens the schedule removes now (or
-        removed at the step its checkpoint was saved), capped at the mean chain length seen in training."""
+        """Positions the answer skips under keep_position: the chain tokens the schedule removes now,
+        capped at the mean chain length seen in training."""
         if not self.config.keep_position:
             return 0
         chain = self.step_tokens.expected(None)
-        removed = self.removed if self.removed is not None else chain  # untrained or an old checkpoint: everything
+        removed = self.removed if self.removed is not None else chain  # no schedule step yet: everything
         return min(removed, chain)
 
     @torch.no_grad()
