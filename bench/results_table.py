@@ -32,10 +32,11 @@ RESULTS = [
      "names": {"icot": "icot from that cot (a token removed every 112 steps, kept positions)",
                "coconut": "coconut from that cot, kept positions, markers=false, step_weight"}},
     {"file": "bench/results/multiplication-4x4-icot.jsonl", "task": "4x4 multiplication (valid, 1000)",
-     "methods": ["icot-38000", "icot"],
+     "methods": ["icot-38000", "icot", "icot-slow"],
      "names": {"icot-38000": "icot from a 100% cot, a token removed every 600 steps, kept positions, then 6,000 steps "
                              "answer only",
-               "icot": "the same + 6,000 answer-only steps, lr decaying (configs/icot-multiplication-4x4*.yaml)"}},
+               "icot": "the same + 6,000 answer-only steps, lr decaying (configs/icot-multiplication-4x4*.yaml)",
+               "icot-slow": "the same, chain tokens 25-49 removed every 1,500 steps (seed 3 only)"}},
     {"file": "bench/results/multiplication-4x4-coconut.jsonl", "task": "4x4 multiplication (valid, 1000)",
      "names": {"coconut": "coconut from a 100% cot (the icot runs' backbones), kept positions, markers=false, step_weight",
                "slr": "slr, the same"}},
