@@ -128,6 +128,7 @@ def test_an_icot_checkpoint_saved_mid_course_answers_where_its_schedule_stood(tm
     folder = checkpoint.find(tmp_path / "checkpoint")
     assert set(checkpoint.read_extras(folder)) == {"count", "by_step"}
     loaded = load_method(folder)
+    assert loaded.step_tokens.count.tolist() == trained.step_tokens.count.tolist()
     assert loaded.step_tokens.expected(None) == 6
     assert loaded.answer_offset() == trained.answer_offset() == 2
     assert [p.text for p in loaded.answer(EXAMPLES[:4])] == [p.text for p in trained.answer(EXAMPLES[:4])]

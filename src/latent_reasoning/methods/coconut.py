@@ -43,8 +43,8 @@ extra thoughts are padding); `pad_thoughts=true` (the default) does the same. `p
 caps at the example's step count at every stage: min(k, m) c thoughts (min(K, m) c at the last);
 COCONUT's `pad_latent_to_max: False` caps only at the last stage. At answer time every example
 gets n = c K thoughts (or `eval_thoughts`; held-out scores taken during training, and a checkpoint
-saved mid-course, use the stage's c min(k, K), as COCONUT's do). COCONUT without padding would use min(K, m) c at test time,
-which reads the gold step count, so we never do.
+saved mid-course, use the stage's c min(k, K), as COCONUT's do). COCONUT without padding would use
+min(K, m) c at test time, which reads the gold step count, so we never do.
 
 Positions that do not move (for small models trained from scratch, which find what they read by
 relative position). `keep_position=true` gives the language after <eot> the position ids it has
