@@ -2,10 +2,11 @@
 # Tokens/s of the issue's training commands (issue 20) with the trainer of commit $BEFORE and of this checkout,
 # alternately, $ROUNDS rounds: the `tok_s` that `latent train`'s progress bar shows after the last step.
 #   bash bench/cli_speed.sh            (BEFORE=4071738 ROUNDS=2 STEPS_SMOL=10 STEPS_TINY=40 COMMANDS="smollm2 tiny-5m")
-# AFTER_KEYS (e.g. "compile=true") adds a third trainer each round: this checkout with those keys.
+# AFTER_KEYS (e.g. "compile=true") adds a third trainer each round: this checkout with those keys. BEFORE_KEYS: keys
+# for the trainer of $BEFORE.
 set -euo pipefail
 BEFORE=${BEFORE:-4071738}; ROUNDS=${ROUNDS:-2}; STEPS_SMOL=${STEPS_SMOL:-10}; STEPS_TINY=${STEPS_TINY:-40}
-COMMANDS=${COMMANDS:-smollm2 tiny-5m}; AFTER_KEYS=${AFTER_KEYS:-}
+COMMANDS=${COMMANDS:-smollm2 tiny-5m}; AFTER_KEYS=${AFTER_KEYS:-}; BEFORE_KEYS=${BEFORE_KEYS:-}
 GSM8K=${GSM8K:-$(dirname "$0")/../../shared/data/gsm8k/train.jsonl}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 git archive "$BEFORE" src | tar -x -C "$work"
@@ -16,7 +17,7 @@ speed() {  # speed <command label> <trainer label> <src> <args...>: run latent t
     echo "{\"round\": $round, \"command\": \"$label\", \"trainer\": \"$name\", \"tok_s\": $(grep -o 'tok_s=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)}"
 }
 here=$(git rev-parse --short HEAD)+
-trainers=("$work/src|$BEFORE|" "$(pwd)/src|$here|")
+trainers=("$work/src|$BEFORE${BEFORE_KEYS:+ $BEFORE_KEYS}|$BEFORE_KEYS" "$(pwd)/src|$here|")
 [ -n "$AFTER_KEYS" ] && trainers+=("$(pwd)/src|$here $AFTER_KEYS|$AFTER_KEYS")
 for round in $(seq "$ROUNDS"); do
     for trainer in "${trainers[@]}"; do

@@ -2,6 +2,10 @@
 
 import copy
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -308,3 +312,44 @@ def test_compiled_training_steps_give_the_eager_losses_and_evaluation_runs(tmp_p
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     for key in ("eval_accuracy", "eval_forward_passes"):
         assert histories[True][-1][key] == histories[False][-1][key]
+
+
+CHURN = """
+import resource, sys, torch
+from latent_reasoning.trainer import Trainer, keep_freed_memory
+
+def faults_per_page():  # minor page faults over 5 rounds of 40 touched 2 MB tensors made and freed, per page made
+    def churn():
+        blocks = [torch.ones(512 * 1024) for _ in range(40)]
+        del blocks
+    churn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        churn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (5 * 40 * 2 * 256)
+
+print(faults_per_page())
+if sys.argv[1] == "trainer":
+    from latent_reasoning import tasks
+    from latent_reasoning.run import build_method, make_run, texts_of
+    run = make_run(dict(method="cot", task="multiplication", task_options={"digits": 2}, model="tiny-5m", steps=1,
+                        batch_size=4, save_every=0, eval_size=0, log_with="none"))
+    examples = tasks.get("multiplication", digits=2).generate(20, seed=0)
+    Trainer(build_method(run, texts_of(examples)), examples, run.train, "out", {"method": "cot"}).fit()
+else:
+    print(keep_freed_memory())
+print(faults_per_page())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="sets glibc's malloc options")
+@pytest.mark.parametrize("caller", ["function", "trainer"])
+def test_freed_memory_is_kept_for_reuse_so_tensors_made_again_fault_no_pages_in(tmp_path, caller):
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    printed = subprocess.run([sys.executable, "-c", CHURN, caller], capture_output=True, text=True, check=True,
+                             cwd=tmp_path, env=environment).stdout.split()
+    before, after = float(printed[0]), float(printed[-1])
+    assert before > 0.15  # glibc's default gives (some of) the 80 MB freed at the heap's top back to the system
+    assert after < 0.08  # measured 0-0.035 with the setting, 0.2-1.0 without
+    if caller == "function":
+        assert printed[1] == "True"
