@@ -345,7 +345,7 @@ print(faults_per_page())
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="sets glibc's malloc options")
 @pytest.mark.parametrize("caller", ["function", "trainer"])
 def test_freed_memory_is_kept_for_reuse_so_tensors_made_again_fault_no_pages_in(tmp_path, caller):
-    environment = {key: value for key, value in os.environ.items()  # glibc's defaults, which the function would keep
+    environment = {key: value for key, value in os.environ.items()  # glibc at its defaults: no setting for the function to defer to
                    if not key.startswith("MALLOC_") and key != "GLIBC_TUNABLES"}
     printed = subprocess.run([sys.executable, "-c", CHURN, caller], capture_output=True, text=True, check=True,
                              cwd=tmp_path, env=environment).stdout.split()
