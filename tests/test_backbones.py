@@ -37,7 +37,8 @@ TEXTS = ROUND_TRIP + ["Alex is not a brimpus.", "8 9 * 9 9||1 2 3 + 4 5 6"]
 SENTENCE = "Every terpus is a brimpus. Is Tom a lempus or scrompus?"
 
 # Ballpark sizes (the vocabulary of TEXTS is tiny, so this is almost all transformer blocks).
-PARAMS = {"tiny-1m": (0.7e6, 1.2e6), "tiny-5m": (4.5e6, 6e6), "tiny-20m": (17e6, 23e6), "tiny-gpt2": (4e6, 6e6)}
+PARAMS = {"tiny-1m": (0.7e6, 1.2e6), "tiny-5m": (4.5e6, 6e6), "tiny-20m": (17e6, 23e6), "tiny-gpt2": (4e6, 6e6),
+          "tiny-gpt2-2l": (14e6, 16e6)}
 
 
 def logits(model, tokenizer, text=SENTENCE):

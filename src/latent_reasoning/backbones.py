@@ -105,6 +105,17 @@ _PRESETS: dict[str, tuple[type[PretrainedConfig], dict]] = {
             attn_pdrop=0.0,
         ),
     ),
+    # The from-scratch model Bai et al. 2025 (arXiv 2510.00184) trained with stepwise internalization to 100% on 4x4
+    # multiplication: GPT-2, 2 layers, 4 heads, width 768, with GPT-2's dropout of 0.1 kept as they had it.
+    "tiny-gpt2-2l": (
+        GPT2Config,
+        dict(
+            n_embd=768,
+            n_layer=2,
+            n_head=4,
+            n_positions=1024,
+        ),
+    ),
 }
 PRESETS = tuple(_PRESETS)
 """Names of the tiny randomly initialised backbones."""

@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 parents=[common])
     train.add_argument("--method", help=f"one of {methods.names()} (default: from --config)")
     train.add_argument("--task", help=f"one of {tasks.names()} (default: from --config)")
-    train.add_argument("--model", help="tiny-1m, tiny-5m, tiny-20m, tiny-gpt2, smollm2-135m-instruct, a hub id or a folder "
-                                       "(default: from --config; to start from a checkpoint use init_from=)")
+    train.add_argument("--model", help="tiny-1m, tiny-5m, tiny-20m, tiny-gpt2, tiny-gpt2-2l, smollm2-135m-instruct, a hub id "
+                                       "or a folder (default: from --config; to start from a checkpoint use init_from=)")
     train.add_argument("--config", help="YAML recipe (flat keys); command-line keys override it (default: none)")
     train.add_argument("--out", required=True, help="run folder: checkpoint/ and the TensorBoard logs (train/)")
     again = train.add_mutually_exclusive_group()
