@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# icot on 4x4 multiplication for one seed, from random weights to the score on the 1000 official valid problems: the CoT
+# backbone, the removal course, then answer-only steps at a constant and at a decaying learning rate, each part scored.
+# A part already scored is skipped and one with a checkpoint resumes (--resume), so running the script again continues
+# where an interrupted run stopped. At the end it prints the rows of bench/results (arm, and train_seconds: the run's
+# last logged seconds, summed over the icot parts).
+#   bash bench/icot_4x4.sh SEED [RECIPE]
+# RECIPE picks the configs: "" (tiny-5m: configs/cot-multiplication-4x4.yaml, configs/icot-multiplication-4x4{,-answer,-decay}.yaml)
+# or -gpt2-2l (configs/cot-multiplication-4x4-gpt2-2l.yaml, configs/icot-multiplication-4x4-gpt2-2l{,-answer,-decay}.yaml).
+# Environment: RUNS (folder for the runs, default runs), VALID (the official valid file), THREADS (default 2).
+set -euo pipefail
+seed=${1:?usage: bash bench/icot_4x4.sh SEED [RECIPE]}
+recipe=${2:-}
+runs=${RUNS:-runs}
+valid=${VALID:-../shared/data/icot-multiplication/4_by_4_mult/valid.txt}
+export OMP_NUM_THREADS=${THREADS:-2}
+[ -f "$valid" ] || { echo "icot_4x4.sh: no valid file at $valid (set VALID)" >&2; exit 2; }
+
+common=(seed="$seed" compile=true log_with=none eval_data="$valid")
+part() {  # part CONFIG OUT [overrides...]: train (or resume) the run, then score it on the 1000
+    local config=$1 out=$2; shift 2
+    if [ ! -f "$out/valid1000/summary.json" ]; then
+        if [ -d "$out/checkpoint" ]; then
+            latent train --config "$config" --out "$out" --resume "${common[@]}" "$@"
+        else
+            latent train --config "$config" --out "$out" "${common[@]}" "$@"
+        fi
+        latent eval --checkpoint "$out" --data "$valid" --out "$out/valid1000"
+    fi
+}
+
+cot=$runs/cot-mult4$recipe-s$seed
+icot=$runs/icot-mult4$recipe-s$seed
+part configs/cot-multiplication-4x4$recipe.yaml "$cot"
+part configs/icot-multiplication-4x4$recipe.yaml "$icot" init_from="$cot"
+part configs/icot-multiplication-4x4$recipe-answer.yaml "$icot-answer" init_from="$icot"
+part configs/icot-multiplication-4x4$recipe-decay.yaml "$icot-decay" init_from="$icot-answer"
+
+python - "$cot" "$icot" "$icot-answer" "$icot-decay" <<'EOF'
+import json, sys
+from pathlib import Path
+
+def seconds(run):
+    return json.loads((Path(run) / "checkpoint" / "trainer_state.json").read_text())["history"][-1]["seconds"]
+
+cot, *icot = sys.argv[1:]
+arms = [("cot", cot, [cot]), ("icot-32000", icot[0], icot[:1]), ("icot-38000", icot[1], icot[:2]), ("icot", icot[2], icot)]
+for arm, run, parts in arms:
+    row = json.loads((Path(run) / "valid1000" / "summary.json").read_text())
+    print(json.dumps({**row, "arm": arm, "train_seconds": round(sum(seconds(part) for part in parts), 1)}))
+EOF
