@@ -20,11 +20,9 @@ common=(seed="$seed" compile=true log_with=none eval_data="$valid")
 part() {  # part CONFIG OUT [overrides...]: train (or resume) the run, then score it on the 1000
     local config=$1 out=$2; shift 2
     if [ ! -f "$out/valid1000/summary.json" ]; then
-        if [ -d "$out/checkpoint" ]; then
-            latent train --config "$config" --out "$out" --resume "${common[@]}" "$@"
-        else
-            latent train --config "$config" --out "$out" "${common[@]}" "$@"
-        fi
+        local resume=()
+        [ -d "$out/checkpoint" ] && resume=(--resume)
+        latent train --config "$config" --out "$out" "${resume[@]}" "${common[@]}" "$@"
         latent eval --checkpoint "$out" --data "$valid" --out "$out/valid1000"
     fi
 }
