@@ -5,8 +5,8 @@
 # where an interrupted run stopped. At the end it prints the rows of bench/results (arm, and train_seconds: the run's
 # last logged seconds, summed over the icot parts).
 #   bash bench/icot_4x4.sh SEED [RECIPE]
-# RECIPE picks the configs: "" (tiny-5m: configs/cot-multiplication-4x4.yaml, configs/icot-multiplication-4x4{,-answer,-decay}.yaml)
-# or -gpt2-2l (configs/cot-multiplication-4x4-gpt2-2l.yaml, configs/icot-multiplication-4x4-gpt2-2l{,-answer,-decay}.yaml).
+# RECIPE picks the configs configs/cot-multiplication-4x4$RECIPE.yaml and configs/icot-multiplication-4x4$RECIPE{,-answer,-decay}.yaml:
+# "" (tiny-5m), -gpt2-2l (tiny-gpt2-2l, two layers of width 768) or -deep (tiny-5m built 8 layers deep).
 # Environment: RUNS (folder for the runs, default runs), VALID (the official valid file), THREADS (default 2).
 set -euo pipefail
 seed=${1:?usage: bash bench/icot_4x4.sh SEED [RECIPE]}
