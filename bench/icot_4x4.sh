@@ -5,8 +5,10 @@
 # where an interrupted run stopped. At the end it prints the rows of bench/results (arm, and train_seconds: the run's
 # last logged seconds, summed over the icot parts).
 #   bash bench/icot_4x4.sh SEED [RECIPE]
-# RECIPE picks the configs configs/cot-multiplication-4x4$RECIPE.yaml and configs/icot-multiplication-4x4$RECIPE{,-answer,-decay}.yaml:
-# "" (tiny-5m), -gpt2-2l (tiny-gpt2-2l, two layers of width 768) or -deep (tiny-5m built 8 layers deep).
+# RECIPE picks the CoT config configs/cot-multiplication-4x4$RECIPE.yaml and the icot course
+# configs/icot-multiplication-4x4$RECIPE{,-answer,-decay}.yaml where the recipe has its own, else tiny-5m's:
+# "" (tiny-5m), -gpt2-2l (tiny-gpt2-2l, two layers of width 768, its own course at lr 2e-4) or -deep (tiny-5m built
+# 8 layers deep, tiny-5m's course).
 # Environment: RUNS (folder for the runs, default runs), VALID (the official valid file), THREADS (default 2).
 set -euo pipefail
 seed=${1:?usage: bash bench/icot_4x4.sh SEED [RECIPE]}
@@ -30,9 +32,11 @@ part() {  # part CONFIG OUT [overrides...]: train (or resume) the run, then scor
 cot=$runs/cot-mult4$recipe-s$seed
 icot=$runs/icot-mult4$recipe-s$seed
 part configs/cot-multiplication-4x4$recipe.yaml "$cot"
-part configs/icot-multiplication-4x4$recipe.yaml "$icot" init_from="$cot"
-part configs/icot-multiplication-4x4$recipe-answer.yaml "$icot-answer" init_from="$icot"
-part configs/icot-multiplication-4x4$recipe-decay.yaml "$icot-decay" init_from="$icot-answer"
+course=configs/icot-multiplication-4x4$recipe
+[ -f "$course.yaml" ] || course=configs/icot-multiplication-4x4
+part "$course.yaml" "$icot" init_from="$cot"
+part "$course-answer.yaml" "$icot-answer" init_from="$icot"
+part "$course-decay.yaml" "$icot-decay" init_from="$icot-answer"
 
 python - "$cot" "$icot" "$icot-answer" "$icot-decay" <<'EOF'
 import json, sys
