@@ -5,10 +5,11 @@
 # where an interrupted run stopped. At the end it prints the rows of bench/results (arm, and train_seconds: the run's
 # last logged seconds, summed over the icot parts).
 #   bash bench/icot_4x4.sh SEED [RECIPE]
-# RECIPE picks the CoT config configs/cot-multiplication-4x4$RECIPE.yaml and the icot course
-# configs/icot-multiplication-4x4$RECIPE{,-answer,-decay}.yaml where the recipe has its own, else tiny-5m's:
-# "" (tiny-5m), -gpt2-2l (tiny-gpt2-2l, two layers of width 768, its own course at lr 2e-4) or -deep (tiny-5m built
-# 8 layers deep, tiny-5m's course).
+# RECIPE picks each part's config, configs/cot-multiplication-4x4$RECIPE.yaml and
+# configs/icot-multiplication-4x4$RECIPE{,-answer,-decay}.yaml, where the recipe has its own, else tiny-5m's (a CoT
+# part from tiny-5m's config is the run tiny-5m's recipe trains): "" (tiny-5m), -gpt2-2l (tiny-gpt2-2l, two layers of
+# width 768, its own course at lr 2e-4), -deep (tiny-5m built 8 layers deep, tiny-5m's course) or -cw0 (tiny-5m, the
+# course's loss on the answer alone).
 # Environment: RUNS (folder for the runs, default runs), VALID (the official valid file), THREADS (default 2).
 set -euo pipefail
 seed=${1:?usage: bash bench/icot_4x4.sh SEED [RECIPE]}
@@ -29,14 +30,18 @@ part() {  # part CONFIG OUT [overrides...]: train (or resume) the run, then scor
     fi
 }
 
+config() {  # config NAME: the recipe's configs/NAME$recipe.yaml for one part, else tiny-5m's
+    local own=configs/$1$recipe$2.yaml
+    if [ -f "$own" ]; then echo "$own"; else echo "configs/$1$2.yaml"; fi
+}
+cot_config=$(config cot-multiplication-4x4 "")
 cot=$runs/cot-mult4$recipe-s$seed
+[ "$cot_config" = configs/cot-multiplication-4x4.yaml ] && cot=$runs/cot-mult4-s$seed
 icot=$runs/icot-mult4$recipe-s$seed
-part configs/cot-multiplication-4x4$recipe.yaml "$cot"
-course=configs/icot-multiplication-4x4$recipe
-[ -f "$course.yaml" ] || course=configs/icot-multiplication-4x4
-part "$course.yaml" "$icot" init_from="$cot"
-part "$course-answer.yaml" "$icot-answer" init_from="$icot"
-part "$course-decay.yaml" "$icot-decay" init_from="$icot-answer"
+part "$cot_config" "$cot"
+part "$(config icot-multiplication-4x4 "")" "$icot" init_from="$cot"
+part "$(config icot-multiplication-4x4 -answer)" "$icot-answer" init_from="$icot"
+part "$(config icot-multiplication-4x4 -decay)" "$icot-decay" init_from="$icot-answer"
 
 python - "$cot" "$icot" "$icot-answer" "$icot-decay" <<'EOF'
 import json, sys

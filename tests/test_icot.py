@@ -74,7 +74,7 @@ def test_partly_removed_chain_layout_labels_and_kept_positions(base):
         chain, answer = method.split_target(example)
         assert chain + answer == full and len(chain) == len(example.steps)  # one token a step
         for r in (0, 5, 12, 40):  # beyond the chain: everything removed, the answer alone
-            batch, positions, _ = method.encode([example], [r])
+            batch, positions, _, _ = method.encode([example], [r])
             kept = min(r, len(chain))
             target = full[kept:]
             assert batch.input_ids[0].tolist() == question + target
@@ -104,6 +104,53 @@ def test_kept_positions_at_answer_time_equal_a_full_recomputation(base):
         generated = sequence[len(question):]
         assert prediction.generated_tokens == len(generated) == prediction.forward_passes
         assert prediction.text == tokenizer.decode(generated, skip_special_tokens=True)
+
+
+def test_chain_weight_scales_the_kept_chain_against_a_reference_loss(base):
+    """The loss is the weighted mean of the target tokens' cross-entropies, recomputed here by hand:
+    chain_weight 1 is iCoT's plain mean over chain and answer, 0 leaves the answer alone."""
+    examples = EXAMPLES[:4]
+    for weight in (1.0, 0.25, 0.0):
+        method = make(base, tokens_per_removal=2, steps_per_removal=10, smoothing_lambda=None, chain_weight=weight)
+        method.model.eval()
+        loss, metrics = method.loss(examples, step=10)  # 2 of the 6 chain tokens removed: 4 kept
+        total = kept_total = 0.0
+        count = kept_count = answer_total = answer_count = 0
+        for example in examples:
+            batch, positions, _, _ = method.encode([example], [2])
+            with torch.no_grad():
+                logits = method.model(input_ids=batch.input_ids, position_ids=positions).logits[0, :-1]
+            labels = batch.labels[0, 1:]
+            chain_tokens = len(method.split_target(example)[0]) - 2
+            ce = torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100], reduction="none")
+            kept_total += float(ce[:chain_tokens].sum())
+            kept_count += chain_tokens
+            answer_total += float(ce[chain_tokens:].sum())
+            answer_count += len(ce) - chain_tokens
+        total = weight * kept_total + answer_total
+        count = weight * kept_count + answer_count
+        assert float(loss.detach()) == pytest.approx(total / count, rel=1e-4)
+        assert metrics["answer_loss"] == pytest.approx(answer_total / answer_count, rel=1e-4)
+
+
+def test_with_chain_weight_zero_the_kept_chain_labels_give_no_gradient(base):
+    """Changing a kept chain token's label leaves the loss unchanged at weight 0 and changes it at 1."""
+    example = EXAMPLES[0]
+    for weight, moves in ((0.0, False), (1.0, True)):
+        method = make(base, smoothing_lambda=None, chain_weight=weight)
+        method.model.eval()
+        original = method.encode
+
+        def flipped(examples, removals):  # the first kept chain label swapped for another token
+            batch, positions, answer_mask, chains = original(examples, removals)
+            first = int((batch.labels[0] != -100).nonzero()[0])
+            batch.labels[0, first] = (batch.labels[0, first] + 1) % len(method.tokenizer)
+            return batch, positions, answer_mask, chains
+
+        plain, _ = method.loss([example], step=0)
+        method.encode = flipped
+        changed, _ = method.loss([example], step=0)
+        assert (float(changed.detach()) != pytest.approx(float(plain.detach()), rel=1e-6)) is moves
 
 
 def test_tiny_icot_run_loss_falls_while_tokens_are_removed(base, tmp_path):
@@ -140,6 +187,6 @@ def test_an_icot_checkpoint_saved_mid_course_answers_where_its_schedule_stood(tm
 
 def test_config_rejects_bad_values():
     for bad in (dict(tokens_per_removal=0), dict(steps_per_removal=0), dict(smoothing_lambda=-1.0),
-                dict(first_removed=-1), dict(decoding="self-consistency")):
+                dict(first_removed=-1), dict(chain_weight=-0.5), dict(decoding="self-consistency")):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             methods.get("icot").Config(**bad)

@@ -6,15 +6,18 @@ tokens (the gold steps, each followed by its separator) and y the answer ("#### 
 
     removed(step) = first_removed + tokens_per_removal * floor(step / steps_per_removal)
     r_i           = removed(step) + o_i,    o_i ~ p(o) = (1 - e^-lambda) e^(-lambda o),  o = 0 .. 99
-    L(theta)      = - sum_i sum_{t > r_i} log p_theta(z_t | x, z_{r_i < s < t})
+    L(theta)      = - sum_i sum_{t > r_i} w log p_theta(z_t | x, z_{r_i < s < t})
                     - sum_i log p_theta(y | x, z_{> r_i})
 
-(the smoothing offset o_i is drawn per example; p puts the tail mass beyond 99 on o = 99, as iCoT's
-code does; `smoothing_lambda` None switches it off). Once removed(step) >= m the target is the
-answer alone. With `reset_optimizer` AdamW's moments are cleared each time removed(step) grows
-(iCoT resets at every removal). With `keep_position` the tokens after the removed span keep the
-position ids they had in the full sequence: x at 0 .. q-1, z_t at q + t - 1, y after z_m,
-whatever is removed, so the layout a CoT model learned never moves.
+averaged over the weighted tokens (the smoothing offset o_i is drawn per example; p puts the tail mass
+beyond 99 on o = 99, as iCoT's code does; `smoothing_lambda` None switches it off). iCoT's loss has
+w = 1 (`chain_weight`). With w = 0 the chain left after the removed span is input only: the loss
+falls on the answer, and the model is never asked to write the first kept chain token from the
+question alone (on 4x4 multiplication, a running sum's top digits with its lower digits removed).
+Once removed(step) >= m the target is the answer alone. With `reset_optimizer` AdamW's moments are
+cleared each time removed(step) grows (iCoT resets at every removal). With `keep_position` the
+tokens after the removed span keep the position ids they had in the full sequence: x at 0 .. q-1,
+z_t at q + t - 1, y after z_m, whatever is removed, so the layout a CoT model learned never moves.
 
 Answering is greedy decoding from the question. Under `keep_position` the generated tokens are
 placed after the tokens the current schedule removes, min(removed, m) (a loaded checkpoint's schedule
@@ -53,6 +56,7 @@ class ICoTConfig(MethodConfig):
     smoothing_lambda: float | None = 4.0  # removal smoothing; None: every example drops exactly removed(step)
     reset_optimizer: bool = True  # clear AdamW's moments at each removal
     keep_position: bool = False  # tokens after the removed span keep their full-sequence position ids
+    chain_weight: float = 1.0  # weight of the remaining chain tokens in the loss (the answer's is 1)
 
     positive_keys = MethodConfig.positive_keys + ("tokens_per_removal", "steps_per_removal", "smoothing_lambda")
 
@@ -125,8 +129,8 @@ class ICoT(Method):
 
     def encode(self, examples: list[Example], removals: list[int]):
         """question + chain[r:] + answer per example: the right-padded Batch (labels on the target),
-        its position ids, and each example's chain ids."""
-        pairs, positions, chains = [], [], []
+        its position ids, a mask of the answer's labels, and each example's chain ids."""
+        pairs, positions, answers, chains = [], [], [], []
         length = self.config.max_length
         for example, r in zip(examples, removals):
             question = self.tokenizer(prompt_text(example), add_special_tokens=False)["input_ids"]
@@ -138,20 +142,28 @@ class ICoT(Method):
             pairs.append(((question + target)[:length], ([-100] * len(question) + target)[:length]))
             start = len(question) + skip
             positions.append([*range(len(question)), *range(start, start + len(target))][:length])
+            answers.append(([False] * (len(question) + len(chain) - r) + [True] * len(answer))[:length])
             chains.append(chain)
         batch = pad_pairs(pairs, self.tokenizer.pad_token_id)
         width = batch.input_ids.shape[1]
-        return batch, torch.tensor([p + [0] * (width - len(p)) for p in positions]), chains
+        positions = torch.tensor([p + [0] * (width - len(p)) for p in positions])
+        return batch, positions, torch.tensor([a + [False] * (width - len(a)) for a in answers]), chains
 
     def loss(self, examples: list[Example], step: int):
-        batch, positions, chains = self.encode(examples, self.removal_counts(examples, step))
+        batch, positions, answer_mask, chains = self.encode(examples, self.removal_counts(examples, step))
         self.step_tokens.record(examples, [len(chain) for chain in chains])
         device = self.device
         logits = self.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                             position_ids=positions.to(device)).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten().to(device),
-                               ignore_index=-100)
-        return loss, {"removed": float(self.removed_at(step)), "tokens": float(batch.attention_mask.sum())}
+        labels = batch.labels[:, 1:].flatten().to(device)
+        token_losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels, ignore_index=-100, reduction="none")
+        on_answer = answer_mask[:, 1:].flatten().to(device)
+        on_chain = (labels != -100) & ~on_answer
+        weights = on_answer.float() + self.config.chain_weight * on_chain.float()
+        loss = (token_losses * weights).sum() / weights.sum()
+        answer_loss = token_losses[on_answer].mean()
+        return loss, {"removed": float(self.removed_at(step)), "tokens": float(batch.attention_mask.sum()),
+                      "answer_loss": float(answer_loss.detach())}
 
     # -- answering --------------------------------------------------------------------------------
     def answer_offset(self) -> int:
