@@ -9,7 +9,7 @@
 # configs/icot-multiplication-4x4$RECIPE{,-answer,-decay}.yaml, where the recipe has its own, else tiny-5m's (a CoT
 # part from tiny-5m's config is the run tiny-5m's recipe trains): "" (tiny-5m), -gpt2-2l (tiny-gpt2-2l, two layers of
 # width 768, its own course at lr 2e-4), -deep (tiny-5m built 8 layers deep, tiny-5m's course) or -cw0 (tiny-5m, the
-# course's loss on the answer alone).
+# course's loss on the answer alone). All three lost the chain on the seed tried (bench/README.md).
 # Environment: RUNS (folder for the runs, default runs), VALID (the official valid file), THREADS (default 2).
 set -euo pipefail
 seed=${1:?usage: bash bench/icot_4x4.sh SEED [RECIPE]}
@@ -30,7 +30,7 @@ part() {  # part CONFIG OUT [overrides...]: train (or resume) the run, then scor
     fi
 }
 
-config() {  # config NAME: the recipe's configs/NAME$recipe.yaml for one part, else tiny-5m's
+config() {  # config NAME SUFFIX: configs/NAME$recipe$SUFFIX.yaml where the recipe has it, else tiny-5m's NAME$SUFFIX
     local own=configs/$1$recipe$2.yaml
     if [ -f "$own" ]; then echo "$own"; else echo "configs/$1$2.yaml"; fi
 }

@@ -13,11 +13,12 @@ averaged over the weighted tokens (the smoothing offset o_i is drawn per example
 beyond 99 on o = 99, as iCoT's code does; `smoothing_lambda` None switches it off). iCoT's loss has
 w = 1 (`chain_weight`). With w = 0 the chain left after the removed span is input only: the loss
 falls on the answer, and the model is never asked to write the first kept chain token from the
-question alone (on 4x4 multiplication, a running sum's top digits with its lower digits removed).
-Once removed(step) >= m the target is the answer alone. With `reset_optimizer` AdamW's moments are
-cleared each time removed(step) grows (iCoT resets at every removal). With `keep_position` the
-tokens after the removed span keep the position ids they had in the full sequence: x at 0 .. q-1,
-z_t at q + t - 1, y after z_m, whatever is removed, so the layout a CoT model learned never moves.
+question alone (on 4x4 multiplication, a running sum's top digits with its lower digits removed);
+there it did worse than w = 1 (bench/README.md). Once removed(step) >= m the target is the answer
+alone. With `reset_optimizer` AdamW's moments are cleared each time removed(step) grows (iCoT resets
+at every removal). With `keep_position` the tokens after the removed span keep the position ids
+they had in the full sequence: x at 0 .. q-1, z_t at q + t - 1, y after z_m, whatever is removed,
+so the layout a CoT model learned never moves.
 
 Answering is greedy decoding from the question. Under `keep_position` the generated tokens are
 placed after the tokens the current schedule removes, min(removed, m) (a loaded checkpoint's schedule
