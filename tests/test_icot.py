@@ -114,8 +114,8 @@ def test_chain_weight_scales_the_kept_chain_against_a_reference_loss(base):
         method = make(base, tokens_per_removal=2, steps_per_removal=10, smoothing_lambda=None, chain_weight=weight)
         method.model.eval()
         loss, metrics = method.loss(examples, step=10)  # 2 of the 6 chain tokens removed: 4 kept
-        total = kept_total = 0.0
-        count = kept_count = answer_total = answer_count = 0
+        kept_total = answer_total = 0.0
+        kept_count = answer_count = 0
         for example in examples:
             batch, positions, _, _ = method.encode([example], [2])
             with torch.no_grad():
@@ -127,9 +127,8 @@ def test_chain_weight_scales_the_kept_chain_against_a_reference_loss(base):
             kept_count += chain_tokens
             answer_total += float(ce[chain_tokens:].sum())
             answer_count += len(ce) - chain_tokens
-        total = weight * kept_total + answer_total
-        count = weight * kept_count + answer_count
-        assert float(loss.detach()) == pytest.approx(total / count, rel=1e-4)
+        expected = (weight * kept_total + answer_total) / (weight * kept_count + answer_count)
+        assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
         assert metrics["answer_loss"] == pytest.approx(answer_total / answer_count, rel=1e-4)
 
 
