@@ -1,5 +1,6 @@
 """A curriculum run's course from its checkpoint's trainer_state.json: per stage (icot's count of removed chain tokens,
-or coconut's stage), the mean training loss over its first and last `--window` steps, then every held-out eval.
+or coconut's stage), the mean training loss over its first and last `--window` steps (and, where logged, the answer's
+own loss over the last), then every held-out eval.
 
     python bench/curriculum_trajectory.py logs/s38-runs/m4-icot600-s1
 """
@@ -20,11 +21,18 @@ def main() -> None:
     history = json.loads((Path(args.run) / "checkpoint" / "trainer_state.json").read_text())["history"]
     key = "removed" if "removed" in history[0] else "stage"
     losses: dict[int, list[float]] = {}
+    answer_losses: dict[int, list[float]] = {}
     for record in history:
         losses.setdefault(int(record[key]), []).append(record["loss"])
-    print(f"{key}: loss over the first {args.window} steps -> the last {args.window}")
+        if "answer_loss" in record:
+            answer_losses.setdefault(int(record[key]), []).append(record["answer_loss"])
+    answer_column = " (answer alone, the last)" if answer_losses else ""
+    print(f"{key}: loss over the first {args.window} steps -> the last {args.window}{answer_column}")
     for value, stage in sorted(losses.items()):
-        print(f"  {value}: {statistics.mean(stage[:args.window]):.3f} -> {statistics.mean(stage[-args.window:]):.3f}")
+        line = f"  {value}: {statistics.mean(stage[:args.window]):.3f} -> {statistics.mean(stage[-args.window:]):.3f}"
+        if value in answer_losses:
+            line += f" ({statistics.mean(answer_losses[value][-args.window:]):.3f})"
+        print(line)
     print("held-out evals:")
     for record in history:
         if "eval_accuracy" in record:

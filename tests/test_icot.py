@@ -1,8 +1,10 @@
 """iCoT, stepwise internalization, on a tiny model: the removal schedule and its smoothing against a
 hand computation, the layout and position ids of a partly removed chain, answering with moved
-positions against a full recomputation, and a loss that falls while tokens are removed."""
+positions against a full recomputation, a loss that falls while tokens are removed, and the auxiliary
+running-sum loss against a hand computation."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -184,8 +186,79 @@ def test_an_icot_checkpoint_saved_mid_course_answers_where_its_schedule_stood(tm
     assert older.removed is None and older.answer_offset() == 6
 
 
+def test_column_sums_match_a_hand_computation():
+    task = tasks.get("multiplication", digits=4)
+    example = task.example(2365, 4347)  # least significant first: 5 6 3 2 * 7 4 3 4
+    # c0 = 5*7; c1 = 5*4 + 6*7 + 3; c2 = 5*3 + 6*4 + 3*7 + 6; c3 = 5*4 + 6*3 + 3*4 + 2*7 + 6; c4 = 6*4 + 3*3 + 2*4 + 7
+    assert task.column_sums(example) == [35, 65, 66, 70, 48, 22, 10, 1]
+    assert " ".join(str(c % 10) for c in task.column_sums(example)) == example.answer
+
+
+MULTIPLICATION = tasks.get("multiplication", digits=2)
+PRODUCTS = MULTIPLICATION.generate(8, seed=0)
+
+
+def running_sum_method(weight):
+    model, tokenizer = load_backbone("tiny-5m", texts=texts_of(PRODUCTS), seed=0)  # 5 layers: the middle is the 3rd
+    config = methods.get("icot").Config(running_sum_weight=weight, tokens_per_removal=3, steps_per_removal=10,
+                                        smoothing_lambda=None)
+    return methods.get("icot")(config, model, tokenizer, MULTIPLICATION)
+
+
+def test_running_sum_loss_regresses_each_digits_column_sum_where_the_digit_is_predicted():
+    """The auxiliary loss against a hand computation: the head on the 3rd layer's output at the token before each
+    answer digit, against that digit's column sum / 100; added with its weight to the plain icot loss."""
+    method = running_sum_method(0.5)
+    method.model.eval()
+    loss, metrics = method.loss(PRODUCTS, step=10)  # 3 chain tokens removed
+    plain = methods.get("icot")(dataclasses.replace(method.config, running_sum_weight=0.0), method.model,
+                                method.tokenizer, MULTIPLICATION)
+    errors = []
+    with torch.no_grad():
+        plain_loss, _ = plain.loss(PRODUCTS, step=10)
+        for example in PRODUCTS:
+            batch, positions, _, _ = method.encode([example], [3])
+            ids = batch.input_ids[0].tolist()
+            middle = method.model(input_ids=batch.input_ids, position_ids=positions,
+                                  output_hidden_states=True).hidden_states[3][0]
+            digits = example.answer.split()
+            for k, column_sum in enumerate(MULTIPLICATION.column_sums(example)):
+                before = len(ids) - 1 - len(digits) + k - 1  # the sequence ends with the digits, then EOS
+                assert method.tokenizer.decode([ids[before + 1]]).strip() == digits[k]
+                errors.append(float((method.running_sum_head(middle[before]) - column_sum / 100) ** 2))
+    expected = sum(errors) / len(errors)
+    assert metrics["running_sum_loss"] == pytest.approx(expected, rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(plain_loss) + 0.5 * expected, rel=1e-4)
+
+
+def test_running_sum_gradient_reaches_the_head_and_the_layers_up_to_the_middle_only():
+    method = running_sum_method(1.0)
+    batch, positions, answer_mask, _ = method.encode(PRODUCTS, [0] * len(PRODUCTS))
+    output = method.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
+                          output_hidden_states=True)
+    method.running_sum_loss(PRODUCTS, batch.input_ids, answer_mask, output.hidden_states).backward()
+    assert float(method.running_sum_head.weight.grad.abs().sum()) > 0
+    layers = method.model.model.layers
+    reached = [any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in layer.parameters()) for layer in layers]
+    assert reached == [True, True, True, False, False]
+    assert any(p is method.running_sum_head.weight for p in method.trainable_parameters())
+
+
+def test_running_sum_head_is_saved_and_loaded_and_needs_a_task_with_column_sums(base):
+    trained = running_sum_method(1.0)
+    torch.nn.init.normal_(trained.running_sum_head.weight)
+    fresh = running_sum_method(1.0)
+    fresh.load_extra_state(trained.extra_state())
+    assert torch.equal(fresh.running_sum_head.weight, trained.running_sum_head.weight)
+    with pytest.raises(ValueError, match="running_sum_weight"):
+        running_sum_method(0.0).load_extra_state(trained.extra_state())
+    with pytest.raises(ConfigError, match="multiplication"):
+        make(base, running_sum_weight=1.0)  # parity has no column sums
+
+
 def test_config_rejects_bad_values():
     for bad in (dict(tokens_per_removal=0), dict(steps_per_removal=0), dict(smoothing_lambda=-1.0),
-                dict(first_removed=-1), dict(chain_weight=-0.5), dict(decoding="self-consistency")):
+                dict(first_removed=-1), dict(chain_weight=-0.5), dict(running_sum_weight=-1.0),
+                dict(decoding="self-consistency")):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             methods.get("icot").Config(**bad)

@@ -20,6 +20,14 @@ at every removal). With `keep_position` the tokens after the removed span keep t
 they had in the full sequence: x at 0 .. q-1, z_t at q + t - 1, y after z_m, whatever is removed,
 so the layout a CoT model learned never moves.
 
+On multiplication, `running_sum_weight` u > 0 adds Bai et al.'s auxiliary loss (arXiv 2510.00184; their
+head reads attention heads, this one the residual stream): a linear head on h_k, the output of layer ceil(L/2)
+of L at the position that predicts the answer's digit k, regresses the running column sum c_k = sum_{i+j=k} a_i b_j + floor(c_{k-1} / 10) (the digit is c_k mod 10),
+
+    L_aux = u * mean_k (w . h_k + b - c_k / 100)^2,
+
+the quantity they found a model must carry to get the middle digits right without a chain.
+
 Answering is greedy decoding from the question. Under `keep_position` the generated tokens are
 placed after the tokens the current schedule removes, min(removed, m) (a loaded checkpoint's schedule
 stands at the step it was saved). m is not known for a new question, so the mean chain length of the
@@ -58,6 +66,7 @@ class ICoTConfig(MethodConfig):
     reset_optimizer: bool = True  # clear AdamW's moments at each removal
     keep_position: bool = False  # tokens after the removed span keep their full-sequence position ids
     chain_weight: float = 1.0  # weight of the remaining chain tokens in the loss (the answer's is 1)
+    running_sum_weight: float = 0.0  # multiplication: weight of the auxiliary running-sum regression (0: off)
 
     positive_keys = MethodConfig.positive_keys + ("tokens_per_removal", "steps_per_removal", "smoothing_lambda")
 
@@ -86,14 +95,31 @@ class ICoT(Method):
         self.smoothing = None if config.smoothing_lambda is None else smoothing_distribution(config.smoothing_lambda)
         # the chains of the training examples seen: their mean length places answers under keep_position
         self.step_tokens = StepTokens()
+        self.running_sum_head = None  # the auxiliary loss's linear probe, trained and saved with the model
+        if config.running_sum_weight:
+            if not hasattr(task, "column_sums"):
+                raise ConfigError(f"running_sum_weight={config.running_sum_weight}: the auxiliary running-sum loss "
+                                  f"needs a task with column sums (multiplication), not {task.name!r}")
+            self.running_sum_head = torch.nn.Linear(model.config.hidden_size, 1)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        head = [] if self.running_sum_head is None else list(self.running_sum_head.to(self.device).parameters())
+        return super().trainable_parameters() + head
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return dict(self.step_tokens.state_dict())
+        head = {} if self.running_sum_head is None else self.running_sum_head.state_dict(prefix="running_sum_head.")
+        return {**self.step_tokens.state_dict(), **{key: value.detach() for key, value in head.items()}}
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         """A checkpoint of this method holds the chain counts; a `cot` checkpoint to start from holds nothing.
         (Some also hold the removal count at their step, which the step itself now gives: it is dropped.)"""
         state = {key: value for key, value in state.items() if key != "removed"}
+        head = {key.removeprefix("running_sum_head."): state.pop(key) for key in list(state)
+                if key.startswith("running_sum_head.")}
+        if head:
+            if self.running_sum_head is None:
+                raise ValueError("method 'icot': the checkpoint holds a running-sum head; set running_sum_weight")
+            self.running_sum_head.load_state_dict(head)
         unexpected = sorted(set(state) - set(self.step_tokens.state_dict()))
         if unexpected:
             raise ValueError(f"method 'icot': unexpected extras in the checkpoint: {unexpected}")
@@ -154,8 +180,9 @@ class ICoT(Method):
         batch, positions, answer_mask, chains = self.encode(examples, self.removal_counts(examples, step))
         self.step_tokens.record(examples, [len(chain) for chain in chains])
         device = self.device
-        logits = self.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                            position_ids=positions.to(device)).logits
+        output = self.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                            position_ids=positions.to(device), output_hidden_states=self.running_sum_head is not None)
+        logits = output.logits
         labels = batch.labels[:, 1:].flatten().to(device)
         token_losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels, ignore_index=-100, reduction="none")
         on_answer = answer_mask[:, 1:].flatten().to(device)
@@ -163,8 +190,30 @@ class ICoT(Method):
         weights = on_answer.float() + self.config.chain_weight * on_chain.float()
         loss = (token_losses * weights).sum() / weights.sum()
         answer_loss = token_losses[on_answer].mean()
-        return loss, {"removed": float(self.removed_at(step)), "tokens": float(batch.attention_mask.sum()),
-                      "answer_loss": float(answer_loss.detach())}
+        metrics = {"removed": float(self.removed_at(step)), "tokens": float(batch.attention_mask.sum()),
+                   "answer_loss": float(answer_loss.detach())}
+        if self.running_sum_head is not None:
+            running_sum_loss = self.running_sum_loss(examples, batch.input_ids, answer_mask, output.hidden_states)
+            loss = loss + self.config.running_sum_weight * running_sum_loss
+            metrics["running_sum_loss"] = float(running_sum_loss.detach())
+        return loss, metrics
+
+    def running_sum_loss(self, examples: list[Example], input_ids, answer_mask, hidden_states) -> torch.Tensor:
+        """The head on the middle layer, at the position before each answer digit, regresses that digit's
+        running column sum / 100 (mean squared error)."""
+        rows, columns, targets = [], [], []
+        for row, example in enumerate(examples):
+            digits = example.answer.split()
+            eos = int(answer_mask[row].nonzero().max())  # the answer's digits sit just before its EOS
+            if self.tokenizer.decode(input_ids[row, eos - len(digits):eos]).split() != digits:
+                raise ConfigError("running_sum_weight: the answer's digits must be one token each, then EOS "
+                                  f"(this tokenizer writes {example.answer!r} otherwise)")
+            rows += [row] * len(digits)
+            columns += range(eos - len(digits) - 1, eos - 1)
+            targets += self.task.column_sums(example)
+        middle = hidden_states[(self.model.config.num_hidden_layers + 1) // 2]
+        predicted = self.running_sum_head(middle[rows, columns].float()).squeeze(-1)
+        return F.mse_loss(predicted.float(), torch.tensor(targets, dtype=torch.float32, device=predicted.device) / 100)
 
     # -- answering --------------------------------------------------------------------------------
     def answer_offset(self) -> int:

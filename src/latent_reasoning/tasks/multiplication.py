@@ -84,6 +84,16 @@ class Multiplication(Task):
         question = f"{reversed_digits(a, width_a)} * {reversed_digits(b, width_b)}"
         return Example(question, steps, reversed_digits(a * b, width_a + width_b))
 
+    def column_sums(self, example: Example) -> list[int]:
+        """The running column sums of a x b, one per answer digit, least significant first (Bai et al. 2025,
+        arXiv 2510.00184): c_k = sum_{i+j=k} a_i b_j + floor(c_{k-1} / 10), so the answer's digit k is c_k mod 10."""
+        a, b = ([int(d) for d in operand.split()] for operand in example.question.split(" * "))
+        sums: list[int] = []
+        for k in range(len(example.answer.split())):
+            column = sum(a[i] * b[k - i] for i in range(len(a)) if 0 <= k - i < len(b))
+            sums.append(column + (sums[-1] // 10 if sums else 0))
+        return sums
+
     def generate(self, n: int, seed: int, exclude: set[str] | None = None) -> list[Example]:
         """`n` distinct problems with both operands uniform over the `digits`-digit numbers (as in the
         official files), never a question in `exclude` or in the official valid split."""
