@@ -239,7 +239,8 @@ def test_running_sum_gradient_reaches_the_head_and_the_layers_up_to_the_middle_o
     method.running_sum_loss(PRODUCTS, batch.input_ids, answer_mask, output.hidden_states).backward()
     assert float(method.running_sum_head.weight.grad.abs().sum()) > 0
     layers = method.model.model.layers
-    reached = [any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in layer.parameters()) for layer in layers]
+    reached = [any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in layer.parameters())
+               for layer in layers]
     assert reached == [True, True, True, False, False]
     assert any(p is method.running_sum_head.weight for p in method.trainable_parameters())
 

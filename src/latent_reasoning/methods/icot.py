@@ -21,8 +21,9 @@ they had in the full sequence: x at 0 .. q-1, z_t at q + t - 1, y after z_m, wha
 so the layout a CoT model learned never moves.
 
 On multiplication, `running_sum_weight` u > 0 adds Bai et al.'s auxiliary loss (arXiv 2510.00184; their
-head reads attention heads, this one the residual stream): a linear head on h_k, the output of layer ceil(L/2)
-of L at the position that predicts the answer's digit k, regresses the running column sum c_k = sum_{i+j=k} a_i b_j + floor(c_{k-1} / 10) (the digit is c_k mod 10),
+head reads attention heads, this one the residual stream): a linear head on h_k, the output of layer
+ceil(L/2) of L at the position that predicts the answer's digit k, regresses the running column sum
+c_k = sum_{i+j=k} a_i b_j + floor(c_{k-1} / 10) (the digit is c_k mod 10),
 
     L_aux = u * mean_k (w . h_k + b - c_k / 100)^2,
 
