@@ -1,6 +1,6 @@
 """A curriculum run's course from its checkpoint's trainer_state.json: per stage (icot's count of removed chain tokens,
-or coconut's stage), the mean training loss over its first and last `--window` steps (and, where logged, the answer's
-own loss over the last), then every held-out eval.
+or coconut's stage), the mean training loss over its first and last `--window` steps (and, where logged, the parts in
+PARTS over the last), then every held-out eval.
 
     python bench/curriculum_trajectory.py logs/s38-runs/m4-icot600-s1
 """
@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+PARTS = {"answer_loss": 3, "running_sum_loss": 4}  # icot's logged parts of the loss, and the decimals they print with
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -21,17 +23,21 @@ def main() -> None:
     history = json.loads((Path(args.run) / "checkpoint" / "trainer_state.json").read_text())["history"]
     key = "removed" if "removed" in history[0] else "stage"
     losses: dict[int, list[float]] = {}
-    answer_losses: dict[int, list[float]] = {}
+    parts: dict[str, dict[int, list[float]]] = {name: {} for name in PARTS}
     for record in history:
         losses.setdefault(int(record[key]), []).append(record["loss"])
-        if "answer_loss" in record:
-            answer_losses.setdefault(int(record[key]), []).append(record["answer_loss"])
-    answer_column = " (answer alone, the last)" if answer_losses else ""
-    print(f"{key}: loss over the first {args.window} steps -> the last {args.window}{answer_column}")
+        for name in PARTS:
+            if name in record:
+                parts[name].setdefault(int(record[key]), []).append(record[name])
+    logged = [name for name in PARTS if parts[name]]
+    columns = f" ({', '.join(logged)}: the last)" if logged else ""
+    print(f"{key}: loss over the first {args.window} steps -> the last {args.window}{columns}")
     for value, stage in sorted(losses.items()):
         line = f"  {value}: {statistics.mean(stage[:args.window]):.3f} -> {statistics.mean(stage[-args.window:]):.3f}"
-        if value in answer_losses:
-            line += f" ({statistics.mean(answer_losses[value][-args.window:]):.3f})"
+        shown = [f"{statistics.mean(parts[name][value][-args.window:]):.{PARTS[name]}f}"
+                 for name in logged if value in parts[name]]
+        if shown:
+            line += f" ({', '.join(shown)})"
         print(line)
     print("held-out evals:")
     for record in history:
