@@ -4,16 +4,20 @@
 # A part already scored is skipped and one with a checkpoint resumes (--resume), so running the script again continues
 # where an interrupted run stopped. At the end it prints the rows of bench/results (arm, and train_seconds: the run's
 # last logged seconds, summed over the icot parts).
-#   bash bench/icot_4x4.sh SEED [RECIPE]
+#   bash bench/icot_4x4.sh SEED [RECIPE [OVERRIDE...]]
 # RECIPE picks each part's config, configs/cot-multiplication-4x4$RECIPE.yaml and
 # configs/icot-multiplication-4x4$RECIPE{,-answer,-decay}.yaml, where the recipe has its own, else tiny-5m's (a CoT
 # part from tiny-5m's config is the run tiny-5m's recipe trains): "" (tiny-5m), -gpt2-2l (tiny-gpt2-2l, two layers of
 # width 768, its own course at lr 2e-4), -deep (tiny-5m built 8 layers deep, tiny-5m's course) or -cw0 (tiny-5m, the
-# course's loss on the answer alone). All three lost the chain on the seed tried (bench/README.md).
+# course's loss on the answer alone). All three lost the chain on the seed tried (bench/README.md). A RECIPE with no
+# configs of its own names the runs only; the OVERRIDEs (key=value) then go to every icot part, e.g.
+#   bash bench/icot_4x4.sh 3 -rs100 running_sum_weight=100
+# (tiny-5m's course and answer-only parts with Bai et al.'s running-sum loss, into runs/icot-mult4-rs100-s3*).
 # Environment: RUNS (folder for the runs, default runs), VALID (the official valid file), THREADS (default 2).
 set -euo pipefail
-seed=${1:?usage: bash bench/icot_4x4.sh SEED [RECIPE]}
+seed=${1:?usage: bash bench/icot_4x4.sh SEED [RECIPE [OVERRIDE...]]}
 recipe=${2:-}
+overrides=("${@:3}")
 runs=${RUNS:-runs}
 valid=${VALID:-../shared/data/icot-multiplication/4_by_4_mult/valid.txt}
 export OMP_NUM_THREADS=${THREADS:-2}
@@ -39,9 +43,9 @@ cot=$runs/cot-mult4$recipe-s$seed
 [ "$cot_config" = configs/cot-multiplication-4x4.yaml ] && cot=$runs/cot-mult4-s$seed
 icot=$runs/icot-mult4$recipe-s$seed
 part "$cot_config" "$cot"
-part "$(config icot-multiplication-4x4 "")" "$icot" init_from="$cot"
-part "$(config icot-multiplication-4x4 -answer)" "$icot-answer" init_from="$icot"
-part "$(config icot-multiplication-4x4 -decay)" "$icot-decay" init_from="$icot-answer"
+part "$(config icot-multiplication-4x4 "")" "$icot" init_from="$cot" "${overrides[@]}"
+part "$(config icot-multiplication-4x4 -answer)" "$icot-answer" init_from="$icot" "${overrides[@]}"
+part "$(config icot-multiplication-4x4 -decay)" "$icot-decay" init_from="$icot-answer" "${overrides[@]}"
 
 python - "$cot" "$icot" "$icot-answer" "$icot-decay" <<'EOF'
 import json, sys
