@@ -174,15 +174,18 @@ def test_an_icot_checkpoint_saved_mid_course_answers_where_its_schedule_stood(tm
     trained = build_method(run, texts_of(EXAMPLES))
     Trainer(trained, EXAMPLES, run.train, tmp_path, run.describe("test")).fit()
     folder = checkpoint.find(tmp_path / "checkpoint")
-    assert set(checkpoint.read_extras(folder)) == {"count", "by_step"}
+    assert set(checkpoint.read_extras(folder)) == {"step_tokens.count", "step_tokens.by_step"}
     loaded = load_method(folder)
     assert loaded.step_tokens.count.tolist() == trained.step_tokens.count.tolist()
     assert loaded.step_tokens.expected(None) == 6
     assert loaded.answer_offset() == trained.answer_offset() == 2
     assert [p.text for p in loaded.answer(EXAMPLES[:4])] == [p.text for p in trained.answer(EXAMPLES[:4])]
-    # checkpoints written by an earlier version also hold the count: it is dropped, the step gives it
+    # checkpoints written by an earlier version hold the counts unprefixed, and the removal count: that is dropped,
+    # the step gives it
+    saved = {key.removeprefix("step_tokens."): value for key, value in checkpoint.read_extras(folder).items()}
     older = make(base, keep_position=True)
-    older.load_extra_state({**checkpoint.read_extras(folder), "removed": torch.tensor(5)})
+    older.load_extra_state({**saved, "removed": torch.tensor(5)})
+    assert older.step_tokens.count.tolist() == trained.step_tokens.count.tolist()
     assert older.removed is None and older.answer_offset() == 6
 
 
@@ -253,6 +256,12 @@ def test_running_sum_head_is_saved_and_loaded_and_needs_a_task_with_column_sums(
     assert torch.equal(fresh.running_sum_head.weight, trained.running_sum_head.weight)
     with pytest.raises(ValueError, match="running_sum_weight"):
         running_sum_method(0.0).load_extra_state(trained.extra_state())
+    # a plain icot checkpoint starts a run that adds the head: the chain counts load, the head stays as it was
+    plain = running_sum_method(0.0)
+    plain.step_tokens.count += 1
+    fresh.load_extra_state(plain.extra_state())
+    assert fresh.step_tokens.count.tolist() == plain.step_tokens.count.tolist()
+    assert torch.equal(fresh.running_sum_head.weight, trained.running_sum_head.weight)
     with pytest.raises(ConfigError, match="multiplication"):
         make(base, running_sum_weight=1.0)  # parity has no column sums
 

@@ -426,8 +426,8 @@ class Method:
 
 class ExtraModules:
     """For a Method that trains modules beyond the backbone, held in `self.extras` (an nn.ModuleDict that
-    its __init__ creates; COCONUT's step counter, SLR's stabilisers): they are trained with the backbone's
-    parameters and saved in its checkpoints. Put it before Method among the bases."""
+    its __init__ creates; the chain counts of COCONUT and icot, SLR's stabilisers, icot's running-sum head): they
+    are trained with the backbone's parameters and saved in its checkpoints. Put it before Method among the bases."""
 
     extras: nn.ModuleDict
 

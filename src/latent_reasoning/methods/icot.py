@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from ..latent import decode, thought_loop
 from ..tasks import Example
-from .base import Method, MethodConfig, Prediction, StepTokens, encode_prompts, pad_pairs, prompt_text, split_chain
+from .base import (ExtraModules, Method, MethodConfig, Prediction, StepTokens, encode_prompts, pad_pairs, prompt_text,
+                   split_chain)
 
 SMOOTHING_SUPPORT = 100  # offsets 0 .. 99, as in iCoT's code
 
@@ -84,7 +85,7 @@ def smoothing_distribution(lam: float, support: int = SMOOTHING_SUPPORT) -> torc
     return p
 
 
-class ICoT(Method):
+class ICoT(ExtraModules, Method):
     """CoT tokens removed from the left, a few at a time, until the model answers without them."""
 
     name = "icot"
@@ -95,37 +96,27 @@ class ICoT(Method):
         self.removed: int | None = None  # the schedule's removal count at the current step
         self.smoothing = None if config.smoothing_lambda is None else smoothing_distribution(config.smoothing_lambda)
         # the chains of the training examples seen: their mean length places answers under keep_position
-        self.step_tokens = StepTokens()
+        self.extras = torch.nn.ModuleDict({"step_tokens": StepTokens()})
+        self.step_tokens = self.extras["step_tokens"]
         self.running_sum_head = None  # the auxiliary loss's linear probe, trained and saved with the model
         if config.running_sum_weight:
             if not hasattr(task, "column_sums"):
                 raise ConfigError(f"running_sum_weight={config.running_sum_weight}: the auxiliary running-sum loss "
                                   f"needs a task with column sums (multiplication), not {task.name!r}")
-            self.running_sum_head = torch.nn.Linear(model.config.hidden_size, 1)
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        head = [] if self.running_sum_head is None else list(self.running_sum_head.to(self.device).parameters())
-        return super().trainable_parameters() + head
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        head = {} if self.running_sum_head is None else self.running_sum_head.state_dict(prefix="running_sum_head.")
-        return {**self.step_tokens.state_dict(), **{key: value.detach() for key, value in head.items()}}
+            self.running_sum_head = self.extras["running_sum_head"] = torch.nn.Linear(model.config.hidden_size, 1)
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        """A checkpoint of this method holds the chain counts; a `cot` checkpoint to start from holds nothing.
-        (Some also hold the removal count at their step, which the step itself now gives: it is dropped.)"""
-        state = {key: value for key, value in state.items() if key != "removed"}
-        head = {key.removeprefix("running_sum_head."): state.pop(key) for key in list(state)
-                if key.startswith("running_sum_head.")}
-        if head:
-            if self.running_sum_head is None:
-                raise ValueError("method 'icot': the checkpoint holds a running-sum head; set running_sum_weight")
-            self.running_sum_head.load_state_dict(head)
-        unexpected = sorted(set(state) - set(self.step_tokens.state_dict()))
-        if unexpected:
-            raise ValueError(f"method 'icot': unexpected extras in the checkpoint: {unexpected}")
-        if state:
-            self.step_tokens.load_state_dict(StepTokens.upgraded(state))
+        """Checkpoints from before the extras were one ModuleDict hold the chain counts unprefixed, and some the
+        removal count at their step, which the step itself now gives (dropped). One with no running-sum head (a
+        plain icot run's) may start a run that adds one: the head starts fresh."""
+        state = {(f"step_tokens.{key}" if key in ("count", "by_step") else key): value
+                 for key, value in state.items() if key != "removed"}
+        saved_head = any(key.startswith("running_sum_head.") for key in state)
+        if saved_head and self.running_sum_head is None:
+            raise ValueError("method 'icot': the checkpoint holds a running-sum head; set running_sum_weight")
+        if state and self.running_sum_head is not None and not saved_head:
+            state.update(self.running_sum_head.state_dict(prefix="running_sum_head."))
+        super().load_extra_state(state)
 
     # -- the schedule -------------------------------------------------------------------------------
     def removed_at(self, step: int) -> int:
