@@ -10,7 +10,7 @@
 # part from tiny-5m's config is the run tiny-5m's recipe trains): "" (tiny-5m), -gpt2-2l (tiny-gpt2-2l, two layers of
 # width 768, its own course at lr 2e-4), -deep (tiny-5m built 8 layers deep, tiny-5m's course) or -cw0 (tiny-5m, the
 # course's loss on the answer alone), all three lost the chain on the seed tried (bench/README.md), or -rs100 (tiny-5m's
-# parts with Bai et al.'s running-sum loss, the decaying part 24,000 steps long), which kept it on the seed tiny-5m's
+# parts with Bai et al.'s running-sum loss, the decaying part 48,000 steps long), which kept it on the seed tiny-5m's
 # course loses. The OVERRIDEs (key=value) go to every icot part; a RECIPE with no configs of its own names the runs only.
 # Environment: RUNS (folder for the runs, default runs), VALID (the official valid file), THREADS (default 2).
 set -euo pipefail

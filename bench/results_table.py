@@ -47,10 +47,11 @@ RESULTS = [
      "methods": ["icot"],
      "names": {"icot": "icot, tiny-5m's course with the loss on the answer alone (chain_weight=0, seed 3 only)"}},
     {"file": "bench/results/multiplication-4x4-rs100.jsonl", "task": "4x4 multiplication (valid, 1000)",
-     "methods": ["icot-decay6k", "icot"],
+     "methods": ["icot-decay6k", "icot-decay24k", "icot"],
      "names": {"icot-decay6k": "icot, tiny-5m's course and answer-only parts with Bai et al.'s running-sum loss "
                                "(running_sum_weight=100)",
-               "icot": "the same with the decaying part 24,000 steps long (configs/icot-multiplication-4x4-rs100*.yaml)"}},
+               "icot-decay24k": "the same with the decaying part 24,000 steps long",
+               "icot": "the same with the decaying part 48,000 steps long (configs/icot-multiplication-4x4-rs100*.yaml)"}},
     {"file": "bench/results/multiplication-4x4-coconut.jsonl", "task": "4x4 multiplication (valid, 1000)",
      "names": {"coconut": "coconut from a 100% cot (the icot runs' backbones), kept positions, markers=false, step_weight",
                "slr": "slr, the same"}},
