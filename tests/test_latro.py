@@ -163,16 +163,47 @@ def test_rationales_stop_where_the_text_reaches_the_stop_string(task, examples):
 
     # [x, z, y]: each packed row reads prompt + kept rationale + "#### answer" + EOS, masks on exactly z and y
     method = latro(model, tokenizer, task, rollouts=k)
-    answers = [method.answer_ids(e) for e in examples[:4]]
+    assert set(method.seams(out)) == {""}  # '#' carries no text before the stop
+    answers = [method.answer_ids(examples[row // k]) for row in range(len(prompts) * k)]
     packed = pack(inputs["input_ids"], inputs["attention_mask"], out, answers, k, tokenizer.pad_token_id)
     for row in range(len(prompts) * k):
         z = out.ids[row, : out.kept[row]].tolist()
-        y = answers[row // k]
+        y = answers[row]
         assert packed.targets[row][packed.rationale_mask[row]].tolist() == z
         assert packed.targets[row][packed.answer_mask[row]].tolist() == y
         real = packed.input_ids[row][packed.attention_mask[row].bool()].tolist()
         assert tokenizer.decode(real, skip_special_tokens=True) == (
             prompts[row // k] + tokenizer.decode(z) + f"#### {examples[row // k].answer}")
+
+
+def test_the_answer_continues_the_rationale_as_the_model_wrote_it():
+    """Parity's chain ends '1 #### 0' ('▁1' '▁#' '#' '#' '#' '▁0'); the stand-in writes '▁1' then ' ####': y must begin
+    with those sampled tokens, not with '#' (what "#### 0" tokenises to on its own, never written after a word)."""
+    task = tasks.get("parity", bits=8)
+    examples = task.generate(50, seed=0)
+    _, tokenizer = backbones.load_backbone("tiny-1m", texts=["1 0 1 1 #### 1"])  # the CoT data's pieces
+    vocab = tokenizer.get_vocab()
+    one, space_hash, hash_ = vocab["▁1"], vocab["▁#"], vocab["#"]
+    table = torch.full((len(tokenizer), len(tokenizer)), -1e9)
+    table[:, one] = 0.0
+    table[one] = -1e9
+    table[one, [one, space_hash]] = 0.0
+    table[space_hash] = -1e9
+    table[space_hash, hash_] = 0.0
+    table[hash_] = -1e9
+    table[hash_, hash_] = 0.0
+    method = latro(Bigram(table), tokenizer, task, rollouts=4, rationale_tokens=12)
+    rollout = method.rollout(examples[:2], generator=torch.Generator().manual_seed(0))
+    samples, packed = rollout.samples, rollout.packed
+    assert samples.finished.all() and set(method.seams(samples)) == {" "}
+    assert method.answer_ids(examples[0])[0] == hash_  # on its own: the seam token
+    for row in range(8):
+        kept, length = int(samples.kept[row]), int(samples.lengths[row])
+        y = packed.targets[row][packed.answer_mask[row]].tolist()
+        assert y[: length - kept] == samples.ids[row, kept:length].tolist() == [space_hash, hash_, hash_, hash_]
+        z = samples.ids[row, :kept].tolist()
+        assert tokenizer.decode(z + y, skip_special_tokens=True) == tokenizer.decode(z) + f" #### {examples[row // 4].answer}"
+        assert rollout.answer_lengths[row] == len(y)
 
 
 def test_a_rationale_may_be_empty(task, examples):
@@ -208,7 +239,7 @@ def test_shared_prompt_cache_samples_and_scores_like_separate_prompts(name, exam
     assert shared.forward_passes == separate.forward_passes and shared.ids.shape[1] > 1
 
     # teacher forcing the sampled rationales in one pass reproduces their sampling log-probs
-    answers = [tokenizer("#### 1 2", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]] * 3
+    answers = [tokenizer("#### 1 2", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]] * 12
     packed = pack(ids, mask, shared, answers, 4, tokenizer.pad_token_id)
     forced = token_logprobs(model, packed)
     width = packed.rationale_width

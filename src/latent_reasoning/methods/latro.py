@@ -37,8 +37,12 @@ takes mass from the answer tokens) where lambda = 1 makes it rise.
 A rationale is sampled until the text it decodes to contains `stop` (default "####", this
 project's answer marker); z is the tokens before the token where `stop` begins (that token and
 anything after it are dropped), and y is `answer_format` ("{stop} {answer}", i.e. "#### 1 2 3",
-plus EOS), tokenised on its own and appended to z's ids, so the reward covers exactly the answer
-tokens. A rationale that ends with EOS first ends there (and counts as finished when
+plus EOS) appended to z's ids, so the reward covers exactly the answer tokens. y is tokenised as the
+model wrote it: after the text the stop token carried before `stop` (its seam, e.g. the space of "▁#" or
+"ĠThe"), so y's first token is the one the model samples there and not one it never writes after a
+word (tokenised on its own, "####" after "1" costs a tiny model ~7 nats that no rationale can earn
+back, and the answer term trains a token that answering never produces). A rationale that did not
+reach `stop` gets y with no seam. A rationale that ends with EOS first ends there (and counts as finished when
 `stop_on_eos`, as the released trainer's stop set includes EOS). One that reaches
 `rationale_tokens` without stopping keeps all its tokens but its reward R_k is replaced by
 `unfinished_penalty` times the mean R over the whole rollout batch (the released trainer:
@@ -147,17 +151,17 @@ def pack(
     k: int,
     pad_token_id: int,
 ) -> Packed:
-    """One row per sample: its prompt, the kept rationale tokens z, then its prompt's answer ids y."""
+    """One row per sample: its prompt, the kept rationale tokens z, then that sample's answer ids y (`answers`: one
+    list per sample row)."""
     device = prompt_ids.device
     n = samples.ids.shape[0]
     z_len = samples.kept
     z_width = int(z_len.max()) if n else 0
     y_width = max(map(len, answers))
-    y = torch.full((len(answers), y_width), pad_token_id, dtype=torch.long, device=device)
+    y = torch.full((n, y_width), pad_token_id, dtype=torch.long, device=device)
     y_len = torch.tensor([len(a) for a in answers], device=device)
-    for b, ids in enumerate(answers):
-        y[b, : len(ids)] = torch.tensor(ids, device=device)
-    y, y_len = y.repeat_interleave(k, 0), y_len.repeat_interleave(k, 0)
+    for row, ids in enumerate(answers):
+        y[row, : len(ids)] = torch.tensor(ids, device=device)
 
     columns = torch.arange(z_width + y_width, device=device)
     rationale_mask = columns.unsqueeze(0) < z_len.unsqueeze(1)
@@ -258,10 +262,18 @@ class LaTRO(RolloutMethod):
     Config = LaTROConfig
 
     # -- one step -----------------------------------------------------------------------------------
-    def answer_ids(self, example: Example) -> list[int]:
-        """Token ids of y for `example`: `answer_format` tokenised on its own, then EOS."""
-        text = self.config.answer_format.format(stop=self.config.stop, answer=example.answer)
+    def answer_ids(self, example: Example, seam: str = "") -> list[int]:
+        """Token ids of y for `example`: `answer_format` after `seam` (`seams`), tokenised together, then EOS."""
+        text = seam + self.config.answer_format.format(stop=self.config.stop, answer=example.answer)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def seams(self, samples: Samples) -> list[str]:
+        """Per sample, the text its stop token(s) carried before `stop` (" " for "▁#" or "ĠThe"); "" where none."""
+        stop, seams = self.config.stop, []
+        for ids, kept, length in zip(samples.ids.tolist(), samples.kept.tolist(), samples.lengths.tolist()):
+            tail = self.tokenizer.decode(ids[kept:length], skip_special_tokens=True)
+            seams.append(tail[: tail.find(stop)] if stop in tail else "")
+        return seams
 
     def rollout(self, examples: list[Example], generator: torch.Generator | None = None) -> Rollout:
         """Sample K rationales per question (shared prefill) and pack [x, z_k, y] for teacher forcing."""
@@ -269,9 +281,10 @@ class LaTRO(RolloutMethod):
         prompt_ids, prompt_mask = self.prompts(examples)
         samples = sample(self.model, self.tokenizer, prompt_ids, prompt_mask, config.rollouts, config.rationale_tokens,
                          config.rollout_temperature, config.stop, config.stop_on_eos, generator)
-        answers = [self.answer_ids(e) for e in examples]
+        answers = [self.answer_ids(examples[row // config.rollouts], seam)
+                   for row, seam in enumerate(self.seams(samples))]
         packed = pack(prompt_ids, prompt_mask, samples, answers, config.rollouts, self.tokenizer.pad_token_id)
-        lengths = torch.tensor([len(a) for a in answers], device=self.device).repeat_interleave(config.rollouts)
+        lengths = torch.tensor([len(a) for a in answers], device=self.device)
         return Rollout(prompt_ids, prompt_mask, samples, packed, lengths)
 
     def sequence_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
