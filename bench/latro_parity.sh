@@ -25,7 +25,8 @@ part() {  # part OUT key=value...: train the run unless scored, then score it on
 }
 base=$runs/warmup-s$seed
 part "$base" --config configs/cot-parity.yaml steps="$warmup" lr_schedule=constant eval_every=1000
-same=(task=parity task.bits=16 model=tiny-1m train_size=20000 init_from="$base" steps=200 batch_size=16 lr=3e-5 warmup_steps=5 eval_size=0 save_every=0)
+same=(task=parity task.bits=16 model=tiny-1m train_size=20000 init_from="$base" steps=200 batch_size=16 lr=3e-5
+      warmup_steps=5 eval_size=0 save_every=0)
 part "$runs/latro-s$seed" method=latro "${same[@]}" lora=false rollouts=8 rationale_tokens=24 max_new_tokens=24 \
     beta=0.05 answer_weight=1.0
 part "$runs/sft-answers-s$seed" method=no-cot "${same[@]}" max_new_tokens=8

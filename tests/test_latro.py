@@ -202,7 +202,8 @@ def test_the_answer_continues_the_rationale_as_the_model_wrote_it():
         y = packed.targets[row][packed.answer_mask[row]].tolist()
         assert y[: length - kept] == samples.ids[row, kept:length].tolist() == [space_hash, hash_, hash_, hash_]
         z = samples.ids[row, :kept].tolist()
-        assert tokenizer.decode(z + y, skip_special_tokens=True) == tokenizer.decode(z) + f" #### {examples[row // 4].answer}"
+        written = tokenizer.decode(z) + f" #### {examples[row // 4].answer}"
+        assert tokenizer.decode(z + y, skip_special_tokens=True) == written
         assert rollout.answer_lengths[row] == len(y)
 
 

@@ -40,10 +40,10 @@ anything after it are dropped), and y is `answer_format` ("{stop} {answer}", i.e
 plus EOS) appended to z's ids, so the reward covers exactly the answer tokens. y is tokenised as the
 model wrote it: after the text the stop token carried before `stop` (its seam, e.g. the space of "▁#" or
 "ĠThe"), so y's first token is the one the model samples there and not one it never writes after a
-word (tokenised on its own, "####" after "1" costs a tiny model ~7 nats that no rationale can earn
-back, and the answer term trains a token that answering never produces). A rationale that did not
-reach `stop` gets y with no seam. A rationale that ends with EOS first ends there (and counts as finished when
-`stop_on_eos`, as the released trainer's stop set includes EOS). One that reaches
+word (tokenised on its own, "####" after "1" cost a tiny parity model ~6 nats that no rationale can
+earn back, and the answer term trained a token that answering never produces). A rationale that did
+not reach `stop` gets y with no seam. A rationale that ends with EOS first ends there (and counts as
+finished when `stop_on_eos`, as the released trainer's stop set includes EOS). One that reaches
 `rationale_tokens` without stopping keeps all its tokens but its reward R_k is replaced by
 `unfinished_penalty` times the mean R over the whole rollout batch (the released trainer:
 `penalty_reward_value * rewards.mean()` with value 2; rewards are log-likelihoods, below zero, so
